@@ -1,0 +1,70 @@
+"""Orbax checkpoints: train state, data-iterator position and run metadata, saved together.
+
+Layout: `{workdir}/checkpoints/{step}/` with items
+  state  the train state pytree {params, opt_state, step} (StandardSave: every process
+         writes its shards, restores onto any mesh given a target with shardings);
+  data   the grain iterator state (one small JSON per process);
+  meta   JSON: {"step", "skipped": bad rows dropped so far}.
+Saves are asynchronous (training goes on while files are written), every
+`train.checkpoint_every` steps and at the end; the newest `train.keep_checkpoints` are kept.
+"""
+
+import os
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+class Checkpointer:
+  def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
+    self.manager = ocp.CheckpointManager(
+        checkpoint_dir(workdir),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                             enable_async_checkpointing=async_save))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_iterator, meta: dict, force: bool = False) -> bool:
+    """Starts an async save; returns False if the manager skipped it."""
+    return self.manager.save(step, force=force, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator),
+        meta=ocp.args.JsonSave(meta)))
+
+  def restore(self, step: int, abstract_state, data_iterator):
+    """abstract_state: a pytree of jax.ShapeDtypeStruct with the target shardings.
+    Returns (state, meta); sets `data_iterator` to its saved position in place."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iterator),
+        meta=ocp.args.JsonRestore()))
+    return restored.state, restored.meta
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()
+
+
+def restore_params(workdir: str, abstract_params, step: int | None = None):
+  """Only the params of a checkpoint (no optimizer state), onto the shardings given in
+  `abstract_params` (a pytree of jax.ShapeDtypeStruct). Returns (params, step)."""
+  manager = ocp.CheckpointManager(checkpoint_dir(workdir),
+                                  item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}")
+  target = {"params": abstract_params}
+  restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=target, restore_args=restore_args, partial_restore=True)))
+  manager.close()
+  return restored.state["params"], step

@@ -1,0 +1,54 @@
+"""The `xmodal` command.
+
+  xmodal train [--config=FILE.py[:ARG]] [--workdir=DIR] [--config.KEY=VALUE ...]
+  xmodal eval  --workdir=DIR [--step=N]
+
+`train` with no --config runs the embedded default (xmodal/default_config.py). A workdir
+that already holds checkpoints is resumed from the newest one. `eval` restores a run's
+params and evaluates them on the run's held-out split.
+"""
+
+import logging
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "default_config.py")
+USAGE = __doc__
+
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file (.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, metrics and plots go.")
+flags.DEFINE_integer("step", None, "eval: the checkpoint step (default: newest).")
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] not in ("train", "eval"):
+    print(USAGE, file=sys.stderr)
+    return 2
+  command = argv.pop(1)
+  try:
+    flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"xmodal {command}: {e}", file=sys.stderr)
+    return 2
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+  from xmodal import config as config_lib
+  try:
+    if command == "train":
+      from xmodal import train
+      train.train(flags.FLAGS.config, flags.FLAGS.workdir)
+    else:
+      from xmodal import evaluate_run
+      evaluate_run.evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.step)
+  except (config_lib.ConfigError, FileNotFoundError) as e:
+    print(f"xmodal {command}: error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,196 @@
+"""Config checking: every config is validated before anything compiles.
+
+`validate(config, num_devices)` walks the config against the schema in
+`xmodal/default_config.py` and raises `ConfigError` with the dotted name of the first bad
+field: an unknown key, a value of the wrong type, an out-of-range choice, a batch size that
+the devices cannot split, a path that matches no files.
+"""
+
+import glob
+import os
+
+import ml_collections
+
+from xmodal import default_config
+
+CHOICES = {
+    "loss.name": ("softmax", "sigmoid"),
+    "loss.impl": ("dense", "gathered"),
+    "model.compute_dtype": ("float32", "bfloat16"),
+    "data.source": ("shapes", "manifest"),
+    "data.tokenizer": ("bytes",),
+}
+TOWER_CHOICES = {
+    "vit": {"pool": ("gap", "cls")},
+    "text": {"pool": ("eot", "mean", "first")},
+}
+
+
+class ConfigError(ValueError):
+  """A config value is wrong; the message starts with the field's dotted name."""
+
+
+def _check_tree(node, schema, prefix):
+  """Unknown keys and wrong types, recursively. Tower sections use their kind's schema."""
+  for key in node.keys():
+    name = f"{prefix}{key}"
+    if key not in schema:
+      raise ConfigError(f"config.{name}: unknown key; known keys here: {sorted(schema.keys())}")
+    value, expected = node[key], schema[key]
+    if isinstance(expected, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(f"config.{name}: expected a section, got {value!r}")
+      _check_tree(value, expected, name + ".")
+      continue
+    _check_type(name, value, expected)
+
+
+def _check_type(name, value, expected):
+  if isinstance(expected, bool):
+    ok = isinstance(value, bool)
+  elif isinstance(expected, int):
+    ok = isinstance(value, int) and not isinstance(value, bool)
+  elif isinstance(expected, float):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  elif isinstance(expected, (tuple, list)):
+    ok = isinstance(value, (tuple, list))
+  else:
+    ok = isinstance(value, type(expected))
+  if not ok:
+    raise ConfigError(
+        f"config.{name}: expected {type(expected).__name__}, got {type(value).__name__} "
+        f"({value!r})")
+
+
+def _positive(config, *names):
+  for name in names:
+    value = _get(config, name)
+    if value <= 0:
+      raise ConfigError(f"config.{name}: must be > 0, got {value!r}")
+
+
+def _get(config, dotted):
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def mesh_shape(config, num_devices: int) -> dict:
+  """Resolves -1 in config.mesh and checks the product is the device count."""
+  shape = {axis: config.mesh[axis] for axis in ("data", "fsdp", "model")}
+  free = [a for a, n in shape.items() if n == -1]
+  if len(free) > 1:
+    raise ConfigError(f"config.mesh: at most one axis may be -1, got {dict(shape)}")
+  for axis, n in shape.items():
+    if n == 0 or n < -1:
+      raise ConfigError(f"config.mesh.{axis}: must be a positive size or -1, got {n}")
+  fixed = 1
+  for a, n in shape.items():
+    if n != -1:
+      fixed *= n
+  if free:
+    if num_devices % fixed:
+      raise ConfigError(
+          f"config.mesh: fixed axes {dict(shape)} (product {fixed}) do not divide the "
+          f"{num_devices} devices")
+    shape[free[0]] = num_devices // fixed
+  elif fixed != num_devices:
+    raise ConfigError(
+        f"config.mesh: product of {dict(shape)} is {fixed}, but there are {num_devices} devices")
+  return shape
+
+
+def validate(config, num_devices: int) -> None:
+  """Raises ConfigError naming the first bad field; returns None when the config is usable."""
+  schema = default_config.get_config()
+  towers = config.get("towers")
+  # Tower sections: each a kind's schema, checked apart from the rest.
+  if not isinstance(towers, ml_collections.ConfigDict) or len(towers) < 2:
+    raise ConfigError("config.towers: needs at least two towers (one per modality)")
+  schema_rest = {k: v for k, v in schema.items() if k != "towers"}
+  rest = {k: v for k, v in config.items() if k != "towers"}
+  _check_tree(ml_collections.ConfigDict(rest), ml_collections.ConfigDict(schema_rest), "")
+  for modality, tower in towers.items():
+    kind = tower.get("kind")
+    if kind not in default_config.TOWER_DEFAULTS:
+      raise ConfigError(
+          f"config.towers.{modality}.kind: unknown tower kind {kind!r}; known: "
+          f"{sorted(default_config.TOWER_DEFAULTS)}")
+    _check_tree(tower, default_config.tower_defaults(kind), f"towers.{modality}.")
+    for field, allowed in TOWER_CHOICES[kind].items():
+      if tower[field] not in allowed:
+        raise ConfigError(
+            f"config.towers.{modality}.{field}: {tower[field]!r} is not one of {allowed}")
+    if tower.width % tower.num_heads:
+      raise ConfigError(
+          f"config.towers.{modality}.width: {tower.width} is not divisible by num_heads "
+          f"{tower.num_heads}")
+    _positive(tower, "width", "depth", "num_heads")
+  # Data sources the step understands: one image tower and one text tower per example.
+  kinds = sorted(t.kind for t in towers.values())
+  if config.data.source in ("shapes", "manifest") and kinds != ["text", "vit"]:
+    raise ConfigError(
+        f"config.towers: data.source={config.data.source!r} gives image/caption pairs, so it "
+        f"needs one 'vit' and one 'text' tower, got kinds {kinds}")
+
+  for name, allowed in CHOICES.items():
+    if _get(config, name) not in allowed:
+      raise ConfigError(f"config.{name}: {_get(config, name)!r} is not one of {allowed}")
+  for pair in config.loss.pairs:
+    parts = pair.split(":")
+    if len(parts) != 2 or parts[0] == parts[1] or any(p not in towers for p in parts):
+      raise ConfigError(
+          f"config.loss.pairs: {pair!r} must be 'a:b' with two different tower names from "
+          f"{sorted(towers.keys())}")
+  _positive(config, "batch_size", "train.total_steps", "train.log_every",
+            "train.checkpoint_every", "train.keep_checkpoints", "optim.lr",
+            "data.image_size", "data.context_length", "model.embed_dim", "eval.batch_size")
+  if config.optim.warmup_steps >= config.train.total_steps:
+    raise ConfigError(
+        f"config.optim.warmup_steps: {config.optim.warmup_steps} must be below "
+        f"train.total_steps {config.train.total_steps}")
+  for name in ("data.crop_scale", "data.crop_ratio"):
+    low_high = _get(config, name)
+    if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+      raise ConfigError(f"config.{name}: expected (low, high) with 0 < low <= high, got {low_high}")
+  if config.data.crop_scale[1] > 1:
+    raise ConfigError(f"config.data.crop_scale: area fraction above 1: {config.data.crop_scale}")
+  vit = [t for t in towers.values() if t.kind == "vit"]
+  for t in vit:
+    if config.data.image_size % t.patch_size:
+      raise ConfigError(
+          f"config.data.image_size: {config.data.image_size} is not divisible by the ViT "
+          f"patch_size {t.patch_size}")
+
+  shape = mesh_shape(config, num_devices)
+  batch_shards = shape["data"] * shape["fsdp"]
+  if config.batch_size % batch_shards:
+    raise ConfigError(
+        f"config.batch_size: {config.batch_size} is not divisible by the {batch_shards} "
+        f"batch shards (mesh data={shape['data']} x fsdp={shape['fsdp']}, {num_devices} devices)")
+  if config.eval.batch_size % batch_shards:
+    raise ConfigError(
+        f"config.eval.batch_size: {config.eval.batch_size} is not divisible by the "
+        f"{batch_shards} batch shards")
+
+  if config.data.source == "manifest":
+    for name in ("data.train_manifest", "data.eval_manifest"):
+      pattern = _get(config, name)
+      if not pattern:
+        raise ConfigError(f"config.{name}: required when data.source='manifest'")
+      if not glob.glob(os.path.expanduser(pattern)):
+        raise ConfigError(f"config.{name}: no file matches {pattern!r}")
+  if config.eval.classnames and not os.path.exists(config.eval.classnames):
+    raise ConfigError(f"config.eval.classnames: no such file {config.eval.classnames!r}")
+  for template in config.eval.templates:
+    if "{}" not in template:
+      raise ConfigError(f"config.eval.templates: {template!r} has no '{{}}' for the class name")
+
+
+def loss_pairs(config) -> list[tuple[str, str]]:
+  """The (a, b) modality pairs the objective sums over; default: every pair of towers."""
+  if config.loss.pairs:
+    return [tuple(p.split(":")) for p in config.loss.pairs]
+  names = list(config.towers.keys())
+  return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]

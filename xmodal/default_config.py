@@ -1,0 +1,132 @@
+"""The embedded default experiment, and the schema every config is checked against.
+
+`xmodal train` with no `--config` runs this file: a CLIP-style image/text model trained on
+the procedurally generated `shapes` dataset (no network, about three minutes on 2 CPU
+cores). Every key a config may set appears here with its default; `xmodal.config.validate`
+rejects keys and types that are not in this file (tower sections are checked against
+`tower_defaults(kind)` instead, since their names are the user's modality names).
+
+Config files in `configs/` start from `get_config()` and change what they need:
+
+    from xmodal import default_config
+    def get_config(arg=None):
+      config = default_config.get_config()
+      config.loss.name = "sigmoid"
+      return config
+"""
+
+import ml_collections
+
+from xmodal.data import shapes
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def vit_defaults() -> ConfigDict:
+  """A ViT image tower (models/vit.py). Input: uint8 images [B, H, W, 3]."""
+  return ConfigDict(dict(
+      kind="vit",
+      patch_size=8,
+      width=96,
+      depth=2,
+      num_heads=4,
+      mlp_ratio=4.0,
+      pool="gap",          # "gap" (mean of patch tokens) or "cls"
+  ))
+
+
+def text_defaults() -> ConfigDict:
+  """A Transformer text tower (models/text.py). Input: int32 token ids [B, L], 0 = pad."""
+  return ConfigDict(dict(
+      kind="text",
+      width=96,
+      depth=2,
+      num_heads=4,
+      mlp_ratio=4.0,
+      causal=True,         # CLIP-style causal mask; False = bidirectional
+      pool="eot",          # "eot" (last real token), "mean" (over real tokens) or "first"
+  ))
+
+
+TOWER_DEFAULTS = {"vit": vit_defaults, "text": text_defaults}
+
+
+def tower_defaults(kind: str) -> ConfigDict:
+  """The schema (and defaults) of one tower kind."""
+  if kind not in TOWER_DEFAULTS:
+    raise ValueError(f"unknown tower kind {kind!r}; known: {sorted(TOWER_DEFAULTS)}")
+  return TOWER_DEFAULTS[kind]()
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+  """The default experiment. `arg` is unused (kept for the `file.py:ARG` convention)."""
+  del arg
+  config = ConfigDict()
+  config.seed = 0
+  config.batch_size = 128            # global, over every device of every process
+
+  # Mesh axes; -1 = all devices left over. Batch is split over data x fsdp.
+  config.mesh = ConfigDict(dict(data=-1, fsdp=1, model=1))
+
+  # One tower per modality; the key is the modality name used in batches and outputs.
+  config.towers = ConfigDict()
+  config.towers.image = vit_defaults()
+  config.towers.text = text_defaults()
+
+  config.model = ConfigDict(dict(
+      embed_dim=64,                    # shared embedding size after each tower's head
+      compute_dtype="float32",         # "float32" or "bfloat16" (params stay float32)
+  ))
+
+  config.loss = ConfigDict(dict(
+      name="softmax",                  # "softmax" (CLIP / InfoNCE) or "sigmoid" (SigLIP)
+      impl="gathered",                 # "gathered" (sharded, all devices' negatives) or "dense"
+      pairs=(),                        # ("image:text", ...); empty = every pair of towers
+      init_scale=0.0,                  # 0 = loss default: 1/0.07 (softmax), 10 (sigmoid)
+      init_bias=0.0,                   # sigmoid only; 0 = loss default -10
+      max_scale=100.0,                 # the learned scale is clipped to this value
+  ))
+
+  config.data = ConfigDict(dict(
+      source="shapes",                 # "shapes" (embedded) or "manifest"
+      train_manifest="",               # JSONL/CSV of (image, caption[, label]) rows
+      eval_manifest="",                # held-out manifest for retrieval / zero-shot
+      image_key="image",               # manifest column holding the image path
+      caption_key="caption",           # manifest column holding the caption
+      label_key="label",               # manifest column holding a class index (optional)
+      image_size=32,
+      tokenizer="bytes",               # byte-level UTF-8; no vocabulary file
+      context_length=48,               # tokens per caption, EOS included
+      crop_scale=(0.8, 1.0),           # random resized crop: area fraction range
+      crop_ratio=(0.75, 1.3333),       # random resized crop: aspect ratio range
+      num_workers=0,                   # grain worker processes (0 = in the main process)
+      shapes_train_size=200_000,       # embedded dataset sizes
+      shapes_eval_size=500,
+  ))
+
+  config.optim = ConfigDict(dict(
+      lr=2e-3,
+      warmup_steps=60,
+      end_lr_fraction=0.02,            # cosine decays to lr * this
+      weight_decay=0.05,               # AdamW; off for norms, biases and the temperature
+      b1=0.9,
+      b2=0.98,
+      eps=1e-6,
+      grad_clip=1.0,                   # global-norm clipping; 0 = off
+  ))
+
+  config.train = ConfigDict(dict(
+      total_steps=500,
+      log_every=25,
+      eval_every=250,                  # 0 = only at the end
+      checkpoint_every=250,
+      keep_checkpoints=2,
+  ))
+
+  config.eval = ConfigDict(dict(
+      batch_size=250,
+      classnames="",                   # manifest zero-shot: text file, one class a line
+      # "{}" = class name; the default's prompts follow the embedded dataset's captions.
+      templates=shapes.prompt_templates(),
+  ))
+  return config

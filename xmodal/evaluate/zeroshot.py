@@ -1,0 +1,23 @@
+"""Zero-shot classification: class names x prompt templates -> averaged class embeddings;
+an image's prediction is the class whose embedding is most similar."""
+
+import numpy as np
+
+
+def class_embeddings(embed_text, classnames, templates) -> np.ndarray:
+  """embed_text(list of N strings) -> [N, D] unit vectors. Returns [C, D] unit vectors: the
+  mean over templates of each class's prompt embeddings, renormalised."""
+  prompts = [t.format(c) for c in classnames for t in templates]
+  z = embed_text(prompts).reshape(len(classnames), len(templates), -1).mean(axis=1)
+  return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+def accuracy(image_embeddings, class_emb, labels, ks=(1, 5)) -> dict:
+  """image_embeddings [N, D], class_emb [C, D], labels [N] -> {"top1": .., "top5": ..}."""
+  scores = image_embeddings @ class_emb.T
+  ranking = np.argsort(-scores, axis=1)
+  out = {}
+  for k in ks:
+    if k <= class_emb.shape[0]:
+      out[f"top{k}"] = float(np.mean(np.any(ranking[:, :k] == labels[:, None], axis=1)))
+  return out

@@ -1,0 +1,79 @@
+"""Contrastive objectives over a dict of embeddings, on one device or sharded over a mesh.
+
+Each loss module (`softmax`, `sigmoid`) provides `row_sum(x, y, x_all, y_all, offset, scale,
+bias)`: the loss summed over a block of local rows x, y [b, D] scored against all rows
+x_all, y_all [B, D], whose positives sit at columns offset..offset+b. Two implementations
+(`config.loss.impl`) turn it into a mean over the global batch:
+
+  dense     every row on one device: row_sum(x, y, x, y, 0, ...) / B (the reference).
+  gathered  inside `shard_map`: each device all-gathers the other modality from every device
+            of the batch axes (data x fsdp), scores its b local rows against all B rows with
+            labels offset by its position, and the sums are psum'd. Memory: a [b, B] block.
+
+`make_objective(config, mesh)` sums the chosen loss over modality pairs (every pair of towers
+unless `config.loss.pairs` says otherwise) and returns their mean.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from xmodal import config as config_lib
+from xmodal.losses import sigmoid, softmax
+
+LOSSES = {"softmax": softmax, "sigmoid": sigmoid}
+BATCH_AXES = ("data", "fsdp")
+
+
+def dense_loss(name: str, x, y, scale, bias=0.0):
+  """Reference: x, y [B, D] on one device -> scalar mean loss."""
+  return LOSSES[name].row_sum(x, y, x, y, 0, scale, bias) / x.shape[0]
+
+
+def gathered_loss(name: str, mesh, axes=BATCH_AXES) -> Callable:
+  """Sharded: returns f(x, y, scale, bias) -> scalar, with x, y [B, D] split over `axes`."""
+  loss = LOSSES[name]
+  axes = tuple(a for a in axes if a in mesh.axis_names)
+
+  def per_device(x, y, scale, bias):
+    # x, y: this device's [b, D] rows. Labels are offset by the device's position on `axes`.
+    offset = lax.axis_index(axes) * x.shape[0]
+    y_all = lax.all_gather(y, axes, tiled=True)
+    x_all = lax.all_gather(x, axes, tiled=True) if loss.NEEDS_GATHERED_X else x
+    total = loss.row_sum(x, y, x_all, y_all, offset, scale, bias)
+    return lax.psum(total, axes) / y_all.shape[0]
+
+  return jax.shard_map(per_device, mesh=mesh, in_specs=(P(axes), P(axes), P(), P()),
+                       out_specs=P())
+
+
+def pair_loss_fn(name: str, impl: str, mesh) -> Callable:
+  """f(x, y, scale, bias) -> scalar mean loss, for `config.loss.impl`."""
+  if impl == "dense":
+    return lambda x, y, scale, bias: dense_loss(name, x, y, scale, bias)
+  if impl == "gathered":
+    return gathered_loss(name, mesh)
+  raise ValueError(f"config.loss.impl: unknown implementation {impl!r}")
+
+
+def make_objective(config, mesh) -> Callable:
+  """Returns objective(params, embeddings) -> (loss, {"loss/a:b": pair loss}).
+
+  params: the model's params (for `logit_scale` and `logit_bias`); embeddings:
+  {modality: [B, D]} unit vectors.
+  """
+  pairs = config_lib.loss_pairs(config)
+  pair_loss = pair_loss_fn(config.loss.name, config.loss.impl, mesh)
+  max_log_scale = jnp.log(config.loss.max_scale)
+
+  def objective(params, embeddings):
+    scale = jnp.exp(jnp.minimum(params["logit_scale"], max_log_scale))
+    bias = params.get("logit_bias", jnp.zeros((), jnp.float32))
+    per_pair = {f"loss/{a}:{b}": pair_loss(embeddings[a], embeddings[b], scale, bias)
+                for a, b in pairs}
+    return sum(per_pair.values()) / len(per_pair), per_pair
+
+  return objective

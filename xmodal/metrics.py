@@ -1,0 +1,99 @@
+"""Where metrics go: stdout, `metrics.jsonl` in the workdir, TensorBoard event files
+(tensorboardX) and PNG plots (loss curve, similarity matrix). Only process 0 writes."""
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+
+class MetricWriter:
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.enabled = jax.process_index() == 0
+    self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: dict, prefix_line: str = "") -> None:
+    """Scalars for one step: one stdout line, one JSONL row, TensorBoard scalars."""
+    if not self.enabled:
+      return
+    scalars = {k: float(v) for k, v in metrics.items()}
+    shown = " ".join(f"{k}={_fmt(v)}" for k, v in scalars.items())
+    print(f"[step {step}] {prefix_line}{shown}", flush=True)
+    with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+      f.write(json.dumps({"step": step, "time": time.time(), **scalars}) + "\n")
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, v, step)
+    self._tb.flush()
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _fmt(v: float) -> str:
+  return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+
+
+def read_jsonl(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_loss_curve(workdir: str) -> str | None:
+  """metrics.jsonl -> loss_curve.png (training loss and, if logged, zero-shot accuracy)."""
+  rows = read_jsonl(workdir)
+  train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+  if not train or jax.process_index() != 0:
+    return None
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  steps, losses = zip(*train)
+  ax.plot(steps, losses, label="train loss")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss")
+  evals = [(r["step"], r["zeroshot/top1"]) for r in rows if "zeroshot/top1" in r]
+  if evals:
+    ax2 = ax.twinx()
+    ax2.plot(*zip(*evals), "o-", color="tab:orange", label="zero-shot top-1")
+    ax2.set_ylabel("zero-shot top-1")
+    ax2.set_ylim(0, 1)
+  ax.set_title(os.path.basename(os.path.abspath(workdir)))
+  fig.legend(loc="upper right")
+  path = os.path.join(workdir, "loss_curve.png")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def plot_similarity(workdir: str, a, b, a_name: str, b_name: str, step: int, n: int = 32) -> str | None:
+  """The first n x n block of a @ b.T as similarity_{step}.png (matches on the diagonal)."""
+  if jax.process_index() != 0:
+    return None
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  sim = np.asarray(a[:n]) @ np.asarray(b[:n]).T
+  fig, ax = plt.subplots(figsize=(5, 4.5))
+  im = ax.imshow(sim, cmap="viridis")
+  ax.set_xlabel(b_name)
+  ax.set_ylabel(a_name)
+  ax.set_title(f"cosine similarity, step {step}")
+  fig.colorbar(im, ax=ax)
+  path = os.path.join(workdir, f"similarity_{step}.png")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

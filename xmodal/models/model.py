@@ -1,0 +1,89 @@
+"""The multi-tower model: {modality: input} -> {modality: unit-norm embedding [B, embed_dim]}.
+
+Towers are built from `config.towers` (the key is the modality name, `kind` picks the
+module); each is followed by a bias-free linear head to `model.embed_dim`. The model also
+owns the loss's learnable scalars: `logit_scale` (log of the temperature's inverse, CLIP
+style) and, for the sigmoid loss, `logit_bias`. Parameter names are
+`{modality}/encoder/block_3/mlp/fc1/kernel`, `{modality}/head/kernel`, `logit_scale`, ...
+"""
+
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from xmodal.data import tokenizer as tokenizer_lib
+from xmodal.models import text, vit
+
+LOSS_INIT = {  # (scale, bias) defaults: CLIP 1/0.07; SigLIP t=10, b=-10
+    "softmax": (1 / 0.07, None),
+    "sigmoid": (10.0, -10.0),
+}
+
+
+def build_tower(cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict, name: str,
+                dtype) -> nn.Module:
+  """One tower module from its config section."""
+  if cfg.kind == "vit":
+    return vit.ViT(patch_size=cfg.patch_size, width=cfg.width, depth=cfg.depth,
+                   num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, pool=cfg.pool,
+                   dtype=dtype, name=name)
+  if cfg.kind == "text":
+    tok = tokenizer_lib.get_tokenizer(config)
+    return text.TextTransformer(vocab_size=tok.vocab_size, context_length=tok.context_length,
+                                width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads,
+                                mlp_ratio=cfg.mlp_ratio, causal=cfg.causal, pool=cfg.pool,
+                                pad_id=tok.pad_id, dtype=dtype, name=name)
+  raise ValueError(f"config.towers.{name}.kind: unknown tower kind {cfg.kind!r}")
+
+
+class Tower(nn.Module):
+  """Encoder followed by a linear head; output float32 unit vectors [B, embed_dim]."""
+  cfg: ml_collections.ConfigDict
+  config: ml_collections.ConfigDict
+  dtype: object
+
+  @nn.compact
+  def __call__(self, x):
+    features = build_tower(self.cfg, self.config, "encoder", self.dtype)(x)
+    z = nn.Dense(self.config.model.embed_dim, use_bias=False, dtype=self.dtype,
+                 name="head")(features).astype(jnp.float32)
+    return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+
+
+class MultiTower(nn.Module):
+  """Maps {modality: input} (any subset of config.towers) to {modality: embedding}."""
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, inputs: dict) -> dict:
+    config = self.config
+    dtype = jnp.bfloat16 if config.model.compute_dtype == "bfloat16" else jnp.float32
+    unknown = set(inputs) - set(config.towers.keys())
+    if unknown:
+      raise ValueError(f"inputs {sorted(unknown)} have no tower; towers: {list(config.towers)}")
+    scale, bias = initial_scale_and_bias(config)
+    self.param("logit_scale", nn.initializers.constant(math.log(scale)), ())
+    if bias is not None:
+      self.param("logit_bias", nn.initializers.constant(bias), ())
+    return {m: Tower(config.towers[m], config, dtype, name=m)(x) for m, x in inputs.items()}
+
+
+def initial_scale_and_bias(config) -> tuple[float, float | None]:
+  default_scale, default_bias = LOSS_INIT[config.loss.name]
+  scale = config.loss.init_scale or default_scale
+  if default_bias is None:
+    return scale, None
+  return scale, (config.loss.init_bias or default_bias)
+
+
+def dummy_inputs(config, batch: int = 1) -> dict:
+  """Zero inputs of the right shapes and dtypes, for init and shape inference."""
+  out = {}
+  for m, cfg in config.towers.items():
+    if cfg.kind == "vit":
+      out[m] = jnp.zeros((batch, config.data.image_size, config.data.image_size, 3), jnp.uint8)
+    elif cfg.kind == "text":
+      out[m] = jnp.zeros((batch, config.data.context_length), jnp.int32)
+  return out

@@ -1,0 +1,44 @@
+"""Vision Transformer image tower.
+
+uint8 images [B, H, W, 3] -> normalised (CLIP mean/std) -> non-overlapping patches of
+`patch_size` embedded by a strided convolution -> learned position embeddings (+ a class
+token when pool="cls") -> Encoder -> pooled [B, width].
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from xmodal.models import layers
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ViT(nn.Module):
+  patch_size: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  pool: str = "gap"
+  dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    """images: uint8 or float in [0, 255], [B, H, W, 3]. Returns features [B, width]."""
+    x = images.astype(jnp.float32) / 255.0
+    x = (x - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+    p = self.patch_size
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                name="patch_embed")(x.astype(self.dtype))
+    batch, gh, gw, width = x.shape
+    x = x.reshape(batch, gh * gw, width)
+    if self.pool == "cls":
+      cls = self.param("cls", nn.initializers.zeros, (1, 1, width))
+      x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, width)).astype(x.dtype), x], axis=1)
+    pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, x.shape[1], width))
+    x = x + pos.astype(x.dtype)
+    x = layers.Encoder(self.depth, self.num_heads, self.mlp_ratio, False, self.dtype,
+                       name="transformer")(x)
+    return x[:, 0] if self.pool == "cls" else x.mean(axis=1)

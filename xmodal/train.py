@@ -1,0 +1,184 @@
+"""The training loop, top to bottom: config -> mesh -> model/optimizer/objective -> state
+(restored if the workdir has a checkpoint) -> data -> jitted step -> log/eval/checkpoint.
+
+`train(config, workdir)` returns the final evaluation metrics.
+"""
+
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from xmodal import checkpoint, config as config_lib, embed, evaluate, losses, metrics as metrics_lib
+from xmodal import optim, parallel
+from xmodal.data import pipeline
+from xmodal.models import model as model_lib
+
+
+def make_train_step(model, tx, objective, schedule):
+  """state {params, opt_state, step}, batch {modality: [B, ...]} -> (new state, metrics)."""
+
+  def train_step(state, batch):
+    def loss_fn(params):
+      embeddings = model.apply({"params": params}, batch)
+      return objective(params, embeddings)
+
+    (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    step_metrics = {"loss": loss, **per_pair, "grad_norm": optax.global_norm(grads),
+                    "lr": schedule(state["step"]), "scale": jnp.exp(params["logit_scale"])}
+    if "logit_bias" in params:
+      step_metrics["bias"] = params["logit_bias"]
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, step_metrics
+
+  return train_step
+
+
+def init_state_fn(model, tx, config):
+  def init_state(rng):
+    params = model.init(rng, model_lib.dummy_inputs(config))["params"]
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  return init_state
+
+
+# Sections a resumed run may change (longer training, other eval or loader settings).
+RESUMABLE_CHANGES = ("train.", "eval.", "data.num_workers")
+
+
+def save_config(config, workdir: str) -> None:
+  """Writes workdir/config.json; if the workdir already holds a run, first checks that the
+  config is the same run (only RESUMABLE_CHANGES may differ)."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = _flatten(json.load(f))
+    now = _flatten(json.loads(config.to_json()))
+    for key in sorted(set(saved) | set(now)):
+      if saved.get(key) != now.get(key) and not key.startswith(RESUMABLE_CHANGES):
+        raise config_lib.ConfigError(
+            f"config.{key}: the workdir {workdir} holds a run with {key}={saved.get(key)!r}, "
+            f"but this config has {now.get(key)!r}; use another --workdir to start a new run")
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+      f.write(config.to_json(indent=2))
+
+
+def _flatten(tree, prefix=""):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def train(config, workdir: str) -> dict:
+  # ---------------------------------------------------------------- setup
+  config_lib.validate(config, jax.device_count())
+  mesh = parallel.make_mesh(config)
+  model = model_lib.MultiTower(config)
+  tx = optim.make_optimizer(config)
+  schedule = optim.schedule(config)
+  objective = losses.make_objective(config, mesh)
+  save_config(config, workdir)
+  writer = metrics_lib.MetricWriter(workdir)
+  image_key, text_key = pipeline.modality_names(config)
+  logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
+               jax.process_count())
+
+  # ---------------------------------------------------------------- state
+  init_state = init_state_fn(model, tx, config)
+  abstract_state = jax.eval_shape(init_state, jax.random.key(config.seed))
+  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_state)
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
+      state_sharding)
+  num_params = sum(np.prod(a.shape) for a in jax.tree.leaves(abstract_state["params"]))
+
+  # ---------------------------------------------------------------- data
+  train_data = pipeline.train_dataset(config, jax.process_index(), jax.process_count())
+  data_iter = iter(train_data)
+  eval_data = pipeline.eval_arrays(config)
+  embedder = embed.Embedder(model, mesh, config.eval.batch_size)
+
+  # ---------------------------------------------------------------- restore or init
+  ckpt = checkpoint.Checkpointer(workdir, config.train.keep_checkpoints)
+  skipped_total = 0
+  start = ckpt.latest_step()
+  if start is not None:
+    state, meta = ckpt.restore(start, abstract_state, data_iter)
+    skipped_total = meta["skipped"]
+    print(f"resumed from {checkpoint.checkpoint_dir(workdir)}/{start}", flush=True)
+  else:
+    start = 0
+    state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(config.seed))
+  print(f"model: {num_params / 1e6:.2f}M params; towers {list(config.towers)}; "
+        f"loss {config.loss.name}/{config.loss.impl}; global batch {config.batch_size}", flush=True)
+
+  # ---------------------------------------------------------------- step
+  batch_sharding = parallel.batch_sharding(mesh)
+  step_fn = jax.jit(make_train_step(model, tx, objective, schedule),
+                    in_shardings=(state_sharding, {image_key: batch_sharding,
+                                                   text_key: batch_sharding}),
+                    out_shardings=(state_sharding, parallel.replicated(mesh)),
+                    donate_argnums=0)
+
+  def run_eval(step):
+    t0 = time.time()
+    results, z = evaluate.run(config, embedder, state["params"], eval_data)
+    results["eval/time_s"] = time.time() - t0
+    writer.write(step, results, "eval: ")
+    metrics_lib.plot_similarity(workdir, z[image_key], z[text_key], image_key, text_key, step)
+    return results
+
+  # ---------------------------------------------------------------- loop
+  total = config.train.total_steps
+  pending = []                      # per-step metrics (device arrays) since the last log
+  interval_start, interval_steps = time.time(), 0
+  for step in range(start, total):
+    local = next(data_iter)
+    skipped_total += int(local["skipped"].sum())
+    batch = parallel.global_batch(mesh, {image_key: local[image_key], text_key: local[text_key]})
+    state, step_metrics = step_fn(state, batch)
+    pending.append(step_metrics)
+    done = step + 1
+    if step == start:               # the first call compiles: timed apart from the rest
+      jax.block_until_ready(state)
+      writer.write(done, {"compile_time_s": time.time() - interval_start}, "first step: ")
+      interval_start, interval_steps = time.time(), 0
+    else:
+      interval_steps += 1
+
+    if done % config.train.log_every == 0 or done == total:
+      fetched = jax.device_get(pending)
+      logged = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+      step_time = (time.time() - interval_start) / max(interval_steps, 1)
+      logged.update({"step_time_s": step_time, "steps_per_s": 1.0 / step_time,
+                     "examples_per_s": config.batch_size / step_time,
+                     "eta_s": step_time * (total - done), "data/skipped": skipped_total})
+      writer.write(done, logged)
+      pending, interval_start, interval_steps = [], time.time(), 0
+
+    if config.train.eval_every and done % config.train.eval_every == 0 and done != total:
+      interval_start += run_eval(done)["eval/time_s"]   # keep eval out of steps/s
+    if done % config.train.checkpoint_every == 0 or done == total:
+      ckpt.save(done, state, data_iter, {"step": done, "skipped": skipped_total}, force=True)
+
+  # ---------------------------------------------------------------- finish
+  ckpt.wait()
+  final = run_eval(int(state["step"]))
+  ckpt.close()
+  metrics_lib.plot_loss_curve(workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+      json.dump({"step": int(state["step"]), **final}, f, indent=2)
+  writer.close()
+  return final
