@@ -189,7 +189,8 @@ def validate(config, num_devices: int) -> None:
 
 
 def loss_pairs(config) -> list[tuple[str, str]]:
-  """The (a, b) modality pairs the objective sums over; default: every pair of towers."""
+  """The (a, b) modality pairs the objective sums over; default: every pair of towers, in
+  sorted name order (ConfigDict keys are sorted)."""
   if config.loss.pairs:
     return [tuple(p.split(":")) for p in config.loss.pairs]
   names = list(config.towers.keys())

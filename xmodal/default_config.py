@@ -124,7 +124,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   ))
 
   config.eval = ConfigDict(dict(
-      batch_size=250,
+      batch_size=256,
       classnames="",                   # manifest zero-shot: text file, one class a line
       # "{}" = class name; the default's prompts follow the embedded dataset's captions.
       templates=shapes.prompt_templates(),

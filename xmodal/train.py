@@ -31,7 +31,7 @@ def make_train_step(model, tx, objective, schedule):
     (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    step_metrics = {"loss": loss, **per_pair, "grad_norm": optax.global_norm(grads),
+    step_metrics = {"loss": loss, **per_pair, "grad_norm": optax.tree.norm(grads),
                     "lr": schedule(state["step"]), "scale": jnp.exp(params["logit_scale"])}
     if "logit_bias" in params:
       step_metrics["bias"] = params["logit_bias"]

@@ -1,0 +1,109 @@
+"""Towers, the multi-tower model, its loss scalars and the optimizer's masks/schedule."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from xmodal import optim
+from xmodal.data import tokenizer as tokenizer_lib
+from xmodal.models import model as model_lib
+from conftest import make_tiny_config
+
+
+def _init(config):
+  model = model_lib.MultiTower(config)
+  params = model.init(jax.random.key(0), model_lib.dummy_inputs(config, 2))["params"]
+  return model, params
+
+
+def test_embeddings_are_unit_vectors_of_embed_dim():
+  config = make_tiny_config()
+  model, params = _init(config)
+  tok = tokenizer_lib.ByteTokenizer(config.data.context_length)
+  images = np.random.default_rng(0).integers(0, 255, (3, 16, 16, 3), np.uint8)
+  out = model.apply({"params": params}, {"image": images,
+                                         "text": tok.encode_batch(["a", "b c", "d e f"])})
+  for m in ("image", "text"):
+    assert out[m].shape == (3, config.model.embed_dim) and out[m].dtype == jnp.float32
+    np.testing.assert_allclose(np.linalg.norm(out[m], axis=1), 1.0, rtol=1e-5)
+  # One modality alone works too (for encoding in evaluation and notebooks).
+  assert set(model.apply({"params": params}, {"text": tok.encode_batch(["x"])})) == {"text"}
+
+
+def test_param_names_follow_modality_tower_layer():
+  _, params = _init(make_tiny_config())
+  names = {"/".join(k.key for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
+  assert "image/encoder/transformer/block_0/mlp/fc1/kernel" in names
+  assert "text/encoder/token_embed/embedding" in names
+  assert "image/head/kernel" in names and "logit_scale" in names
+
+
+def test_temperature_and_bias_initialised_as_clip_and_siglip():
+  _, params = _init(make_tiny_config(**{"loss.name": "softmax"}))
+  np.testing.assert_allclose(np.exp(params["logit_scale"]), 1 / 0.07, rtol=1e-5)
+  assert "logit_bias" not in params
+  _, params = _init(make_tiny_config(**{"loss.name": "sigmoid"}))
+  np.testing.assert_allclose(params["logit_scale"], math.log(10.0), rtol=1e-6)
+  np.testing.assert_allclose(params["logit_bias"], -10.0)
+
+
+def test_text_padding_does_not_change_the_embedding():
+  for causal, pool in [(True, "eot"), (False, "mean"), (False, "eot")]:
+    config = make_tiny_config(**{"towers.text.causal": causal, "towers.text.pool": pool})
+    model, params = _init(config)
+    tok = tokenizer_lib.ByteTokenizer(config.data.context_length)
+    short = tok.encode_batch(["a red circle."])
+    longer = np.concatenate([short, np.zeros((1, 8), np.int32)], axis=1)[:, :config.data.context_length]
+    assert longer.shape[1] == config.data.context_length
+    a = model.apply({"params": params}, {"text": short[:, :20]})["text"]
+    b = model.apply({"params": params}, {"text": longer})["text"]
+    np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"causal={causal} pool={pool}")
+
+
+def test_bfloat16_compute_keeps_float32_params_and_close_outputs():
+  config = make_tiny_config()
+  model, params = _init(config)
+  config_bf16 = make_tiny_config(**{"model.compute_dtype": "bfloat16"})
+  model_bf16 = model_lib.MultiTower(config_bf16)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(
+      model_bf16.init(jax.random.key(0), model_lib.dummy_inputs(config_bf16))["params"]))
+  images = np.random.default_rng(1).integers(0, 255, (4, 16, 16, 3), np.uint8)
+  a = model.apply({"params": params}, {"image": images})["image"]
+  b = model_bf16.apply({"params": params}, {"image": images})["image"]
+  assert b.dtype == jnp.float32
+  assert float(jnp.max(jnp.abs(a - b))) < 0.05
+  assert float(jnp.max(jnp.abs(a - b))) > 0  # it really ran in bfloat16
+
+
+def test_weight_decay_skips_norms_biases_and_scale():
+  _, params = _init(make_tiny_config())
+  mask = optim.decay_mask(params)
+  assert mask["image"]["encoder"]["transformer"]["block_0"]["mlp"]["fc1"]["kernel"]
+  assert not mask["image"]["encoder"]["transformer"]["block_0"]["mlp"]["fc1"]["bias"]
+  assert not mask["image"]["encoder"]["transformer"]["ln_final"]["scale"]
+  assert not mask["logit_scale"]
+  # Zero gradient: only decayed leaves move, by lr * wd * value.
+  config = make_tiny_config(**{"optim.weight_decay": 0.5, "optim.grad_clip": 0.0})
+  tx = optim.make_optimizer(config)
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  for _ in range(3):   # step into the warmup so the learning rate is non-zero
+    updates, state = tx.update(zeros, state, params)
+  assert float(updates["logit_scale"]) == 0.0
+  assert float(jnp.abs(updates["text"]["encoder"]["transformer"]["ln_final"]["scale"]).max()) == 0
+  kernel = params["text"]["head"]["kernel"]
+  lr = optim.schedule(config)(2)
+  np.testing.assert_allclose(updates["text"]["head"]["kernel"], -lr * 0.5 * kernel, rtol=1e-5)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+  config = make_tiny_config(**{"optim.lr": 1.0, "optim.warmup_steps": 10,
+                               "train.total_steps": 110, "optim.end_lr_fraction": 0.1})
+  lr = optim.schedule(config)
+  np.testing.assert_allclose([lr(0), lr(5), lr(10)], [0.0, 0.5, 1.0], atol=1e-6)
+  np.testing.assert_allclose(lr(60), 0.1 + 0.9 * 0.5, rtol=1e-5)
+  np.testing.assert_allclose(lr(110), 0.1, rtol=1e-5)
+  assert isinstance(optim.make_optimizer(config), optax.GradientTransformation)
