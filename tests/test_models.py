@@ -15,7 +15,7 @@ from conftest import make_tiny_config
 
 def _init(config):
   model = model_lib.MultiTower(config)
-  params = model.init(jax.random.key(0), model_lib.dummy_inputs(config, 2))["params"]
+  params = model_lib.unbox(model.init(jax.random.key(0), model_lib.dummy_inputs(config, 2))["params"])
   return model, params
 
 

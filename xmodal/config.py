@@ -163,6 +163,15 @@ def validate(config, num_devices: int) -> None:
           f"config.data.image_size: {config.data.image_size} is not divisible by the ViT "
           f"patch_size {t.patch_size}")
 
+  for rule in config.sharding.rules:
+    axes = rule[1] if len(rule) == 2 else None
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    if len(rule) != 2 or not isinstance(rule[0], str) or any(
+        a not in ("data", "fsdp", "model") for a in axes):
+      raise ConfigError(
+          f"config.sharding.rules: {tuple(rule)!r} must be (logical name, mesh axis, tuple "
+          f"of mesh axes or None) with mesh axes from ('data', 'fsdp', 'model')")
+
   shape = mesh_shape(config, num_devices)
   batch_shards = shape["data"] * shape["fsdp"]
   if config.batch_size % batch_shards:

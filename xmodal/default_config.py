@@ -68,6 +68,16 @@ def get_config(arg: str | None = None) -> ConfigDict:
   # Mesh axes; -1 = all devices left over. Batch is split over data x fsdp.
   config.mesh = ConfigDict(dict(data=-1, fsdp=1, model=1))
 
+  # Logical parameter axes -> mesh axes (None = replicated). See xmodal/sharding.py.
+  config.sharding = ConfigDict(dict(rules=(
+      ("batch", ("data", "fsdp")),     # activations' batch dimension
+      ("embed", "fsdp"),               # model width: FSDP shards parameters over fsdp
+      ("mlp", "model"),                # MLP hidden units: tensor parallel
+      ("heads", "model"),              # attention q/k/v/out: tensor parallel
+      ("vocab", "model"),
+      ("proj", None), ("norm", None), ("length", None), ("act_embed", None),
+  )))
+
   # One tower per modality; the key is the modality name used in batches and outputs.
   config.towers = ConfigDict()
   config.towers.image = vit_defaults()

@@ -86,8 +86,7 @@ def load(workdir: str, step: int | None = None, devices=None) -> LoadedModel:
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
   mesh = parallel.make_mesh(config, devices)
   model = model_lib.MultiTower(config)
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                               model_lib.dummy_inputs(config))["params"])
+  abstract = model_lib.unbox(model_lib.abstract_params(model, config))
   replicated = parallel.replicated(mesh)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
                           abstract)

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from xmodal import checkpoint, config as config_lib, embed, evaluate, losses, metrics as metrics_lib
-from xmodal import optim, parallel
+from xmodal import optim, parallel, sharding
 from xmodal.data import pipeline
 from xmodal.models import model as model_lib
 
@@ -42,7 +42,7 @@ def make_train_step(model, tx, objective, schedule):
 
 def init_state_fn(model, tx, config):
   def init_state(rng):
-    params = model.init(rng, model_lib.dummy_inputs(config))["params"]
+    params = model_lib.unbox(model.init(rng, model_lib.dummy_inputs(config))["params"])
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
   return init_state
 
@@ -81,9 +81,15 @@ def _flatten(tree, prefix=""):
 
 
 def train(config, workdir: str) -> dict:
-  # ---------------------------------------------------------------- setup
+  """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
   config_lib.validate(config, jax.device_count())
   mesh = parallel.make_mesh(config)
+  with sharding.context(config, mesh):
+    return _train(config, workdir, mesh)
+
+
+def _train(config, workdir: str, mesh) -> dict:
+  # ---------------------------------------------------------------- setup
   model = model_lib.MultiTower(config)
   tx = optim.make_optimizer(config)
   schedule = optim.schedule(config)
@@ -97,7 +103,7 @@ def train(config, workdir: str) -> dict:
   # ---------------------------------------------------------------- state
   init_state = init_state_fn(model, tx, config)
   abstract_state = jax.eval_shape(init_state, jax.random.key(config.seed))
-  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_state)
+  state_sharding = sharding.state_shardings(model, tx, config, mesh)
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
       state_sharding)

@@ -10,11 +10,12 @@ style) and, for the sigmoid loss, `logit_bias`. Parameter names are
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
 from xmodal.data import tokenizer as tokenizer_lib
-from xmodal.models import text, vit
+from xmodal.models import layers, text, vit
 
 LOSS_INIT = {  # (scale, bias) defaults: CLIP 1/0.07; SigLIP t=10, b=-10
     "softmax": (1 / 0.07, None),
@@ -47,8 +48,8 @@ class Tower(nn.Module):
   @nn.compact
   def __call__(self, x):
     features = build_tower(self.cfg, self.config, "encoder", self.dtype)(x)
-    z = nn.Dense(self.config.model.embed_dim, use_bias=False, dtype=self.dtype,
-                 name="head")(features).astype(jnp.float32)
+    z = layers.dense(self.config.model.embed_dim, ("embed", "proj"), self.dtype, "head",
+                     use_bias=False)(features).astype(jnp.float32)
     return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
 
 
@@ -76,6 +77,19 @@ def initial_scale_and_bias(config) -> tuple[float, float | None]:
   if default_bias is None:
     return scale, None
   return scale, (config.loss.init_bias or default_bias)
+
+
+def unbox(params):
+  """Strips the logical-axis boxes (nn.Partitioned) off a params tree, adding no sharding
+  constraint (flax's own unbox adds one when axis rules are active)."""
+  return jax.tree.map(lambda p: p.value if isinstance(p, nn.Partitioned) else p, params,
+                      is_leaf=lambda p: isinstance(p, nn.Partitioned))
+
+
+def abstract_params(model, config):
+  """Shapes of the params, with their logical-axis boxes: a pytree of nn.Partitioned
+  around jax.ShapeDtypeStruct. Nothing is allocated."""
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_inputs(config))["params"])
 
 
 def dummy_inputs(config, batch: int = 1) -> dict:

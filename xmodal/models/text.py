@@ -30,9 +30,11 @@ class TextTransformer(nn.Module):
     if length > self.context_length:
       raise ValueError(f"text tokens have length {length} > context_length {self.context_length}")
     mask = tokens != self.pad_id
-    x = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
-                 name="token_embed")(tokens)
-    pos = self.param("pos_embed", nn.initializers.normal(0.01), (1, self.context_length, self.width))
+    x = nn.Embed(self.vocab_size, self.width, name="token_embed",
+                 embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                             ("vocab", "embed")))(tokens)
+    pos = self.param("pos_embed", nn.with_logical_partitioning(
+        nn.initializers.normal(0.01), (None, None, "embed")), (1, self.context_length, self.width))
     x = (x + pos[:, :length]).astype(self.dtype)
     # A causal mask already hides padding that follows the text; padding keys are masked
     # explicitly for bidirectional attention.

@@ -31,13 +31,18 @@ class ViT(nn.Module):
     x = (x - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
     p = self.patch_size
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                kernel_init=nn.with_logical_partitioning(
+                    nn.initializers.lecun_normal(), (None, None, None, "embed")),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                 name="patch_embed")(x.astype(self.dtype))
     batch, gh, gw, width = x.shape
     x = x.reshape(batch, gh * gw, width)
     if self.pool == "cls":
-      cls = self.param("cls", nn.initializers.zeros, (1, 1, width))
+      cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                           (None, None, "embed")), (1, 1, width))
       x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, width)).astype(x.dtype), x], axis=1)
-    pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, x.shape[1], width))
+    pos = self.param("pos_embed", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (None, None, "embed")), (1, x.shape[1], width))
     x = x + pos.astype(x.dtype)
     x = layers.Encoder(self.depth, self.num_heads, self.mlp_ratio, False, self.dtype,
                        name="transformer")(x)
