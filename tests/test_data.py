@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from xmodal.data import manifest, pipeline, shapes, tokenizer as tokenizer_lib
-from conftest import make_tiny_config
+from tiny import make_tiny_config
 
 
 def test_byte_tokenizer_round_trip_truncation_and_eos():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from xmodal import losses, parallel
-from conftest import make_tiny_config
+from tiny import make_tiny_config
 
 
 def _unit(key, shape):

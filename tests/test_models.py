@@ -10,7 +10,7 @@ import optax
 from xmodal import optim
 from xmodal.data import tokenizer as tokenizer_lib
 from xmodal.models import model as model_lib
-from conftest import make_tiny_config
+from tiny import make_tiny_config
 
 
 def _init(config):

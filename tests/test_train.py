@@ -14,7 +14,7 @@ import pytest
 import xmodal
 from xmodal import cli, metrics as metrics_lib, train
 from xmodal.data import shapes
-from conftest import make_tiny_config
+from tiny import make_tiny_config
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -98,7 +98,7 @@ def test_killed_run_resumes_to_the_uninterrupted_loss_sequence(tmp_path):
   config_file = tmp_path / "exp.py"
   config_file.write_text(
       f"import sys\nsys.path.insert(0, {TESTS_DIR!r})\n"
-      "from conftest import make_tiny_config\n"
+      "from tiny import make_tiny_config\n"
       f"def get_config(arg=None):\n  return make_tiny_config(**{overrides!r})\n")
   workdir = str(tmp_path / "killed")
   proc = subprocess.Popen([sys.executable, "-m", "xmodal.cli", "train",

@@ -4,7 +4,8 @@ Layout: `{workdir}/checkpoints/{step}/` with items
   state  the train state pytree {params, opt_state, step} (StandardSave: every process
          writes its shards, restores onto any mesh given a target with shardings);
   data   the grain iterator state (one small JSON per process);
-  meta   JSON: {"step", "skipped": bad rows dropped so far}.
+  meta   JSON: {"step", "skipped": bad rows dropped so far (all processes),
+         "process_count", "num_workers", "examples_consumed": global stream position}.
 Saves are asynchronous (training goes on while files are written), every
 `train.checkpoint_every` steps and at the end; the newest `train.keep_checkpoints` are kept.
 """
@@ -38,14 +39,18 @@ class Checkpointer:
         data=grain.checkpoint.CheckpointSave(data_iterator),
         meta=ocp.args.JsonSave(meta)))
 
-  def restore(self, step: int, abstract_state, data_iterator):
-    """abstract_state: a pytree of jax.ShapeDtypeStruct with the target shardings.
-    Returns (state, meta); sets `data_iterator` to its saved position in place."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iterator),
-        meta=ocp.args.JsonRestore()))
-    return restored.state, restored.meta
+  def read_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore())).meta
+
+  def restore(self, step: int, abstract_state, data_iterator=None):
+    """abstract_state: a pytree of jax.ShapeDtypeStruct with the target shardings (any mesh,
+    any process count). Returns the state; if `data_iterator` is given, sets it to its saved
+    position in place (same process count and workers only)."""
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return self.manager.restore(step, args=ocp.args.Composite(**items)).state
 
   def wait(self):
     self.manager.wait_until_finished()

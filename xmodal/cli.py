@@ -3,6 +3,9 @@
   xmodal train [--config=FILE.py[:ARG]] [--workdir=DIR] [--config.KEY=VALUE ...]
   xmodal eval  --workdir=DIR [--step=N]
 
+Multi-process (one process per host): add --coordinator=HOST:PORT --num_processes=N
+--process_id=I, or nothing on Cloud TPU pods and under SLURM (detected).
+
 `train` with no --config runs the embedded default (xmodal/default_config.py). A workdir
 that already holds checkpoints is resumed from the newest one. `eval` restores a run's
 params and evaluates them on the run's held-out split.
@@ -22,6 +25,10 @@ config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config fil
                                 lock_config=True)
 flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, metrics and plots go.")
 flags.DEFINE_integer("step", None, "eval: the checkpoint step (default: newest).")
+flags.DEFINE_string("coordinator", None, "Multi-process: host:port of process 0 (optional on "
+                    "TPU pods and under SLURM, where JAX finds it).")
+flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes in all.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 
 
 def main(argv=None) -> int:
@@ -36,15 +43,17 @@ def main(argv=None) -> int:
     print(f"xmodal {command}: {e}", file=sys.stderr)
     return 2
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-  from xmodal import config as config_lib
+  from xmodal import config as config_lib, parallel
   try:
+    parallel.initialize_distributed(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
+                                    flags.FLAGS.process_id)
     if command == "train":
       from xmodal import train
       train.train(flags.FLAGS.config, flags.FLAGS.workdir)
     else:
       from xmodal import evaluate_run
       evaluate_run.evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.step)
-  except (config_lib.ConfigError, FileNotFoundError) as e:
+  except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
     print(f"xmodal {command}: error: {e}", file=sys.stderr)
     return 1
   return 0

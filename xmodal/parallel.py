@@ -6,6 +6,8 @@ rules say otherwise. Each process feeds only its own rows; `global_batch` assemb
 into one global array.
 """
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -39,3 +41,38 @@ def global_batch(mesh, local: dict) -> dict:
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local.items()}
+
+
+def sum_over_processes(value: int) -> int:
+  """The sum of an integer over all processes (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils
+  return int(np.sum(multihost_utils.process_allgather(np.int64(value))))
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+  """Starts JAX's distributed runtime when this is one process of several.
+
+  Explicit arguments win; otherwise JAX detects the cluster itself on Cloud TPU pods and
+  under SLURM (srun with more than one task), or from JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID. A single plain process does nothing. Returns True
+  if the runtime was started. Call before anything else touches JAX devices.
+  """
+  env = os.environ
+  if coordinator or num_processes or process_id is not None:
+    if not (coordinator and num_processes and process_id is not None):
+      raise ValueError("--coordinator, --num_processes and --process_id go together")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+    return True
+  if "JAX_COORDINATOR_ADDRESS" in env:
+    jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"],
+                               int(env["JAX_NUM_PROCESSES"]), int(env["JAX_PROCESS_ID"]))
+    return True
+  slurm = int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in env
+  tpu_pod = len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+  if slurm or tpu_pod:
+    jax.distributed.initialize()     # cluster auto-detection
+    return True
+  return False

@@ -47,8 +47,8 @@ def init_state_fn(model, tx, config):
   return init_state
 
 
-# Sections a resumed run may change (longer training, other eval or loader settings).
-RESUMABLE_CHANGES = ("train.", "eval.", "data.num_workers")
+# Sections a resumed run may change (longer training, eval or loader settings, the mesh).
+RESUMABLE_CHANGES = ("train.", "eval.", "data.num_workers", "mesh.")
 
 
 def save_config(config, workdir: str) -> None:
@@ -109,23 +109,32 @@ def _train(config, workdir: str, mesh) -> dict:
       state_sharding)
   num_params = sum(np.prod(a.shape) for a in jax.tree.leaves(abstract_state["params"]))
 
-  # ---------------------------------------------------------------- data
-  train_data = pipeline.train_dataset(config, jax.process_index(), jax.process_count())
-  data_iter = iter(train_data)
-  eval_data = pipeline.eval_arrays(config)
-  embedder = embed.Embedder(model, mesh, config.eval.batch_size)
-
   # ---------------------------------------------------------------- restore or init
   ckpt = checkpoint.Checkpointer(workdir, config.train.keep_checkpoints)
-  skipped_total = 0
   start = ckpt.latest_step()
-  if start is not None:
-    state, meta = ckpt.restore(start, abstract_state, data_iter)
-    skipped_total = meta["skipped"]
-    print(f"resumed from {checkpoint.checkpoint_dir(workdir)}/{start}", flush=True)
+  meta = ckpt.read_meta(start) if start is not None else None
+  # The iterator's own saved state fits only the same processes and workers; on another
+  # topology the data stream restarts at the same global position instead.
+  same_topology = meta is not None and meta["process_count"] == jax.process_count() and (
+      meta["num_workers"] == config.data.num_workers)
+  stream = {"first_example": 0, "step": 0, "skipped": 0}   # where this data stream began
+  if meta is not None:
+    stream = meta["stream"] if same_topology else {
+        "first_example": meta["examples_consumed"], "step": start, "skipped": meta["skipped"]}
+  data_iter = iter(pipeline.train_dataset(config, jax.process_index(), jax.process_count(),
+                                          stream["first_example"]))
+  if meta is not None:
+    state = ckpt.restore(start, abstract_state, data_iter if same_topology else None)
+    print(f"resumed from {checkpoint.checkpoint_dir(workdir)}/{start}"
+          + ("" if same_topology else
+             f" (new topology: data from example {stream['first_example']})"), 
+          flush=True)
   else:
     start = 0
     state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(config.seed))
+  skipped_total = meta["skipped"] if meta is not None else 0      # over all processes
+  eval_data = pipeline.eval_arrays(config)
+  embedder = embed.Embedder(model, mesh, config.eval.batch_size)
   print(f"model: {num_params / 1e6:.2f}M params; towers {list(config.towers)}; "
         f"loss {config.loss.name}/{config.loss.impl}; global batch {config.batch_size}", flush=True)
 
@@ -148,10 +157,11 @@ def _train(config, workdir: str, mesh) -> dict:
   # ---------------------------------------------------------------- loop
   total = config.train.total_steps
   pending = []                      # per-step metrics (device arrays) since the last log
+  skipped_local = 0                 # this process's bad rows since the last log/checkpoint
   interval_start, interval_steps = time.time(), 0
   for step in range(start, total):
     local = next(data_iter)
-    skipped_total += int(local["skipped"].sum())
+    skipped_local += int(local["skipped"].sum())
     batch = parallel.global_batch(mesh, {image_key: local[image_key], text_key: local[text_key]})
     state, step_metrics = step_fn(state, batch)
     pending.append(step_metrics)
@@ -163,7 +173,12 @@ def _train(config, workdir: str, mesh) -> dict:
     else:
       interval_steps += 1
 
-    if done % config.train.log_every == 0 or done == total:
+    log_now = done % config.train.log_every == 0 or done == total
+    save_now = done % config.train.checkpoint_every == 0 or done == total
+    if log_now or save_now:         # every process takes part in this sum
+      skipped_total += parallel.sum_over_processes(skipped_local)
+      skipped_local = 0
+    if log_now:
       fetched = jax.device_get(pending)
       logged = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
       step_time = (time.time() - interval_start) / max(interval_steps, 1)
@@ -175,8 +190,13 @@ def _train(config, workdir: str, mesh) -> dict:
 
     if config.train.eval_every and done % config.train.eval_every == 0 and done != total:
       interval_start += run_eval(done)["eval/time_s"]   # keep eval out of steps/s
-    if done % config.train.checkpoint_every == 0 or done == total:
-      ckpt.save(done, state, data_iter, {"step": done, "skipped": skipped_total}, force=True)
+    if save_now:
+      consumed = (stream["first_example"] + (done - stream["step"]) * config.batch_size
+                  + skipped_total - stream["skipped"])
+      ckpt.save(done, state, data_iter, {
+          "step": done, "skipped": skipped_total, "process_count": jax.process_count(),
+          "num_workers": config.data.num_workers, "examples_consumed": consumed,
+          "stream": stream}, force=True)
 
   # ---------------------------------------------------------------- finish
   ckpt.wait()

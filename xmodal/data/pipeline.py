@@ -115,14 +115,22 @@ def preprocess_for(config, train: bool) -> Preprocess:
                     crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio))
 
 
-def train_dataset(config, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """Infinite per-process batches of config.batch_size // process_count examples."""
+def train_dataset(config, process_index: int = 0, process_count: int = 1,
+                  first_example: int = 0) -> grain.IterDataset:
+  """Infinite per-process batches of config.batch_size // process_count examples.
+
+  The global stream is the source reshuffled every epoch and repeated; process p reads its
+  elements first_example + p, + p + count, ... `first_example` > 0 restarts the stream at
+  a global position (resuming on a different number of processes)."""
   if config.batch_size % process_count:
     raise ValueError(f"config.batch_size {config.batch_size} is not divisible by the "
                      f"{process_count} processes")
   ds = grain.MapDataset.source(make_source(config, "train"))
-  ds = ds.shuffle(seed=config.seed)[process_index::process_count].repeat(None)
+  # Augmentation randomness is keyed by the global stream position (before the per-process
+  # slice), so an example is cropped the same way whatever the number of processes.
+  ds = ds.shuffle(seed=config.seed).repeat(None)
   ds = ds.random_map(preprocess_for(config, train=True), seed=config.seed + 1)
+  ds = ds[first_example + process_index::process_count]
   # Few reader threads: on small hosts more only fight the train step for cores.
   local_batch = config.batch_size // process_count
   ds = SkipBad(ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
