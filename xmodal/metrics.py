@@ -63,14 +63,15 @@ def plot_loss_curve(workdir: str) -> str | None:
   ax.plot(steps, losses, label="train loss")
   ax.set_xlabel("step")
   ax.set_ylabel("loss")
+  handles = ax.get_lines()
   evals = [(r["step"], r["zeroshot/top1"]) for r in rows if "zeroshot/top1" in r]
   if evals:
     ax2 = ax.twinx()
-    ax2.plot(*zip(*evals), "o-", color="tab:orange", label="zero-shot top-1")
+    handles += ax2.plot(*zip(*evals), "o-", color="tab:orange", label="zero-shot top-1")
     ax2.set_ylabel("zero-shot top-1")
     ax2.set_ylim(0, 1)
   ax.set_title(os.path.basename(os.path.abspath(workdir)))
-  fig.legend(loc="upper right")
+  ax.legend(handles=handles, loc="upper right")
   path = os.path.join(workdir, "loss_curve.png")
   fig.tight_layout()
   fig.savefig(path, dpi=100)

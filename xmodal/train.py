@@ -32,7 +32,8 @@ def make_train_step(model, tx, objective, schedule):
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     step_metrics = {"loss": loss, **per_pair, "grad_norm": optax.tree.norm(grads),
-                    "lr": schedule(state["step"]), "scale": jnp.exp(params["logit_scale"])}
+                    "lr": schedule(state["step"]), "scale": jnp.exp(params["logit_scale"]),
+                    "temperature": jnp.exp(-params["logit_scale"])}
     if "logit_bias" in params:
       step_metrics["bias"] = params["logit_bias"]
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, step_metrics
