@@ -132,6 +132,16 @@ def index_tar(path: str) -> tuple[list[dict], int]:
           samples[key] = {}
           order.append(key)
         samples[key][ext] = (info.offset_data, info.size)
+      end = tf.offset
+    # tarfile reads a header cut short as the end of the archive: anything but zero
+    # padding after the last member means the shard was truncated or damaged there.
+    with open(path, "rb") as f:
+      f.seek(end)
+      tail = f.read()
+    if tail.strip(b"\0"):
+      logging.warning("%s: %d bytes after the last readable member are not a tar member "
+                      "(truncated shard?); skipped", path, len(tail))
+      dropped += 1
   except (tarfile.ReadError, OSError) as e:
     logging.warning("%s: not a readable tar (%s); shard skipped", path, e)
     return [], 1
@@ -356,9 +366,8 @@ class TfdsSource:
       return {"_bad": f"tfds {self.name}[{self.split}] example {index}: {e}"}
     if isinstance(image, np.ndarray) and image.dtype == object:
       image = image.item()
-    if isinstance(caption, np.ndarray):
-      caption = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c)
-                 for c in caption.reshape(-1)]
+    if isinstance(caption, np.ndarray):       # a Sequence of Text: bytes, decoded later
+      caption = list(caption.reshape(-1))
     return {"image": image, "caption": caption, "label": label}
 
   def __repr__(self):
