@@ -111,7 +111,7 @@ def train(config, workdir: str) -> dict:
 
   # ---------------------------------------------------------------- restore or init
   ckpt = checkpoint.Checkpointer(workdir, config.train.keep_checkpoints)
-  skipped_total = 0
+  skipped_total, epoch = 0, 0
   start = ckpt.latest_step()
   if start is not None:
     state, meta = ckpt.restore(start, abstract_state, data_iter)
@@ -146,6 +146,7 @@ def train(config, workdir: str) -> dict:
   for step in range(start, total):
     local = next(data_iter)
     skipped_total += int(local["skipped"].sum())
+    epoch = max(epoch, int(local["epoch"].max()))
     batch = parallel.global_batch(mesh, {image_key: local[image_key], text_key: local[text_key]})
     state, step_metrics = step_fn(state, batch)
     pending.append(step_metrics)
@@ -163,7 +164,8 @@ def train(config, workdir: str) -> dict:
       step_time = (time.time() - interval_start) / max(interval_steps, 1)
       logged.update({"step_time_s": step_time, "steps_per_s": 1.0 / step_time,
                      "examples_per_s": config.batch_size / step_time,
-                     "eta_s": step_time * (total - done), "data/skipped": skipped_total})
+                     "eta_s": step_time * (total - done), "data/skipped": skipped_total,
+                     "data/epoch": epoch})
       writer.write(done, logged)
       pending, interval_start, interval_steps = [], time.time(), 0
 
