@@ -48,7 +48,7 @@ def init_state_fn(model, tx, config):
 
 
 # Sections a resumed run may change (longer training, other eval or loader settings).
-RESUMABLE_CHANGES = ("train.", "eval.", "data.num_workers")
+RESUMABLE_CHANGES = ("train.", "eval.", "data.num_workers", "data.read_threads")
 
 
 def save_config(config, workdir: str) -> None:
