@@ -105,9 +105,11 @@ def test_resume_with_two_worker_processes(shards):
   # the 40 examples at least once and at most twice.
   it3 = iter(pipeline.train_dataset(config))
   try:
-    ids = [i for b in _take(it3, 9) for i in _ids(b)]
+    fresh = _take(it3, 9)
   finally:
     it3.close() if hasattr(it3, "close") else None
+  _same(fresh[3:], expected)             # same (seed, processes, workers): same batches
+  ids = [i for b in fresh for i in _ids(b)]
   counts = np.bincount(ids, minlength=40)
   assert counts.min() >= 1 and counts.max() <= 2
 

@@ -195,6 +195,8 @@ def test_mixture_weights_and_epochs(tmp_path):
   # 72 from the 12-sample tar = 6 epochs; 24 from the 6-record shard = 4 epochs.
   assert max(e for s, e in epoch if s == 0) == 5
   assert max(e for s, e in epoch if s == 1) == 3
+  ev = pipeline.eval_arrays(config)                       # eval_source + eval_files
+  assert sorted(caption_index(c) for c in ev["caption"]) == list(range(6))
 
 
 @pytest.mark.parametrize("field,change,match", [
