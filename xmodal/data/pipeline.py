@@ -315,8 +315,11 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1) -> gra
   ds = ds.random_map(preprocess_for(config, train=True), seed=config.seed + 1)
   local_batch = config.batch_size // process_count
   # Few reader threads: on small hosts more only fight the train step for cores.
+  # The read-ahead buffer holds decoded images: capped so that large batches of 224-pixel
+  # images do not hold gigabytes per worker.
   ds = SkipBad(ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=config.data.read_threads, prefetch_buffer_size=2 * local_batch)))
+      num_threads=config.data.read_threads,
+      prefetch_buffer_size=min(2 * local_batch, 256))))
   ds = ds.batch(local_batch, drop_remainder=True)
   if config.data.num_workers > 0:
     _mark_flags_parsed()
