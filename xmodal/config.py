@@ -6,7 +6,6 @@ field: an unknown key, a value of the wrong type, an out-of-range choice, a batc
 the devices cannot split, a path that matches no files.
 """
 
-import glob
 import os
 
 import ml_collections
@@ -17,8 +16,12 @@ CHOICES = {
     "loss.name": ("softmax", "sigmoid"),
     "loss.impl": ("dense", "gathered"),
     "model.compute_dtype": ("float32", "bfloat16"),
-    "data.source": ("shapes", "manifest"),
-    "data.tokenizer": ("bytes",),
+    "data.source": ("shapes", "manifest", "webdataset", "arrayrecord", "tfds", "mixture"),
+    "data.eval_source": ("", "shapes", "manifest", "webdataset", "arrayrecord", "tfds"),
+    "data.tokenizer": ("bytes", "sentencepiece", "hf", "clip"),
+    "data.captions": ("sample", "first", "all"),
+    "data.image_dtype": ("uint8", "float32"),
+    "data.normalize": ("none", "clip"),
 }
 TOWER_CHOICES = {
     "vit": {"pool": ("gap", "cls")},
@@ -129,7 +132,7 @@ def validate(config, num_devices: int) -> None:
     _positive(tower, "width", "depth", "num_heads")
   # Data sources the step understands: one image tower and one text tower per example.
   kinds = sorted(t.kind for t in towers.values())
-  if config.data.source in ("shapes", "manifest") and kinds != ["text", "vit"]:
+  if kinds != ["text", "vit"]:
     raise ConfigError(
         f"config.towers: data.source={config.data.source!r} gives image/caption pairs, so it "
         f"needs one 'vit' and one 'text' tower, got kinds {kinds}")
@@ -183,18 +186,92 @@ def validate(config, num_devices: int) -> None:
         f"config.eval.batch_size: {config.eval.batch_size} is not divisible by the "
         f"{batch_shards} batch shards")
 
-  if config.data.source == "manifest":
-    for name in ("data.train_manifest", "data.eval_manifest"):
-      pattern = _get(config, name)
-      if not pattern:
-        raise ConfigError(f"config.{name}: required when data.source='manifest'")
-      if not glob.glob(os.path.expanduser(pattern)):
-        raise ConfigError(f"config.{name}: no file matches {pattern!r}")
+  _validate_data(config)
   if config.eval.classnames and not os.path.exists(config.eval.classnames):
     raise ConfigError(f"config.eval.classnames: no such file {config.eval.classnames!r}")
   for template in config.eval.templates:
     if "{}" not in template:
       raise ConfigError(f"config.eval.templates: {template!r} has no '{{}}' for the class name")
+
+
+def _check_files(name: str, pattern: str, why: str):
+  from xmodal.data import sources
+  if not pattern:
+    raise ConfigError(f"config.{name}: required {why}")
+  try:
+    sources.expand_pattern(pattern)
+  except sources.SourceError as e:
+    raise ConfigError(f"config.{name}: {e}") from None
+
+
+def _check_kind(config, kind: str, split: str, field: str, pattern: str):
+  """One source kind of one split; `field` names the config field holding `pattern`."""
+  d = config.data
+  why = f"when the {split} data is {kind!r}"
+  if kind in ("manifest", "webdataset", "arrayrecord"):
+    _check_files(field, pattern, why)
+  elif kind == "tfds":
+    if not d.tfds_name:
+      raise ConfigError(f"config.data.tfds_name: required {why}")
+    if not pattern:
+      raise ConfigError(f"config.{field}: required {why}")
+    from xmodal.data import sources
+    try:
+      sources.parse_keys(d.tfds_keys)
+    except ValueError as e:
+      raise ConfigError(f"config.data.tfds_keys: {e}") from None
+    if d.tfds_data_dir and not os.path.isdir(os.path.expanduser(d.tfds_data_dir)):
+      raise ConfigError(f"config.data.tfds_data_dir: no such folder {d.tfds_data_dir!r}")
+
+
+def _validate_data(config):
+  d = config.data
+  from xmodal.data import pipeline, tokenizer
+  # Train split.
+  if d.source == "mixture":
+    try:
+      parts = pipeline.parse_mixture(d.mixture)
+    except ValueError as e:
+      raise ConfigError(f"config.data.mixture: {e}") from None
+    for kind, pattern, _ in parts:
+      _check_kind(config, kind, "train", "data.mixture", pattern)
+    if not d.eval_source:
+      raise ConfigError("config.data.eval_source: required when data.source='mixture' (the "
+                        "kind of the eval split, read from data.eval_files / tfds_eval_split)")
+  elif d.source == "manifest":
+    field = "data.train_files" if d.train_files else "data.train_manifest"
+    _check_kind(config, "manifest", "train", field, d.train_files or d.train_manifest)
+  elif d.source == "tfds":
+    _check_kind(config, "tfds", "train", "data.tfds_train_split", d.tfds_train_split)
+  elif d.source != "shapes":
+    _check_kind(config, d.source, "train", "data.train_files", d.train_files)
+  # Eval split.
+  kind = d.eval_source or d.source
+  if kind == "manifest":
+    field = "data.eval_files" if d.eval_files else "data.eval_manifest"
+    _check_kind(config, "manifest", "eval", field, d.eval_files or d.eval_manifest)
+  elif kind == "tfds":
+    _check_kind(config, "tfds", "eval", "data.tfds_eval_split", d.tfds_eval_split)
+  elif kind != "shapes":
+    _check_kind(config, kind, "eval", "data.eval_files", d.eval_files)
+  # Images and text.
+  if d.image_dtype == "uint8" and d.normalize != "none":
+    raise ConfigError(f"config.data.normalize: {d.normalize!r} needs data.image_dtype="
+                      f"'float32' (uint8 images are normalised by the image tower)")
+  _positive(config, "data.read_threads")
+  if d.num_workers < 0:
+    raise ConfigError(f"config.data.num_workers: must be >= 0, got {d.num_workers}")
+  if d.tokenizer != "bytes":
+    if not d.tokenizer_path:
+      raise ConfigError(f"config.data.tokenizer_path: required for data.tokenizer="
+                        f"{d.tokenizer!r}")
+    if not os.path.isfile(os.path.expanduser(d.tokenizer_path)):
+      raise ConfigError(f"config.data.tokenizer_path: no such file {d.tokenizer_path!r}")
+  try:
+    tokenizer.get_tokenizer(config)
+  except Exception as e:
+    raise ConfigError(f"config.data.tokenizer: cannot load {d.tokenizer!r} from "
+                      f"{d.tokenizer_path!r}: {e}") from None
 
 
 def loss_pairs(config) -> list[tuple[str, str]]:

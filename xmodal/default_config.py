@@ -98,18 +98,41 @@ def get_config(arg: str | None = None) -> ConfigDict:
   ))
 
   config.data = ConfigDict(dict(
-      source="shapes",                 # "shapes" (embedded) or "manifest"
-      train_manifest="",               # JSONL/CSV of (image, caption[, label]) rows
-      eval_manifest="",                # held-out manifest for retrieval / zero-shot
-      image_key="image",               # manifest column holding the image path
-      caption_key="caption",           # manifest column holding the caption
-      label_key="label",               # manifest column holding a class index (optional)
+      # "shapes" (embedded), "manifest" (JSONL/CSV/Parquet rows), "webdataset" (tar
+      # shards), "arrayrecord" (xmodal records), "tfds" (tfds.data_source) or "mixture".
+      source="shapes",
+      # Files of the train / eval split: brace patterns and/or globs, several separated by
+      # ";", e.g. "/data/laion/{00000..00127}.tar" (webdataset, arrayrecord, manifest).
+      train_files="",
+      eval_files="",
+      eval_source="",                  # kind of the eval split; "" = data.source (not mixture)
+      train_manifest="",               # manifest source: same as train_files (older name)
+      eval_manifest="",                # manifest source: same as eval_files (older name)
+      # "mixture": "KIND:PATTERN@WEIGHT; ..." e.g. "webdataset:/d/a/{000..127}.tar@0.7;
+      # arrayrecord:/d/b/*.arrayrecord@0.3" (tfds: PATTERN is the split).
+      mixture="",
+      tfds_name="",                    # tensorflow-datasets name, e.g. "coco_captions"
+      tfds_data_dir="",                # "" = tfds default (~/tensorflow_datasets)
+      tfds_train_split="train",        # tfds split strings, slicing allowed: "train[:90%]"
+      tfds_eval_split="validation",
+      tfds_keys="image=image,caption=caption",   # ROLE=FEATURE[/NESTED], roles image, caption, label
+      image_key="image",               # manifest column holding the image path or bytes
+      caption_key="caption",           # manifest column / webdataset json field: caption(s)
+      label_key="label",               # manifest column / webdataset json field: class index
+      captions="sample",               # several captions: "sample" one per use, "first", or
+                                       # "all" (one training example per caption)
       image_size=32,
-      tokenizer="bytes",               # byte-level UTF-8; no vocabulary file
+      flip=False,                      # random horizontal flip when training
+      image_dtype="uint8",             # "uint8" (tower normalises on device) or "float32"
+      normalize="none",                # float32 only: "none" ([0, 255]) or "clip" (mean/std)
+      tokenizer="bytes",               # "bytes", "sentencepiece", "hf" or "clip"
+      tokenizer_path="",               # the tokenizer's file (.model, tokenizer.json, bpe .gz)
+      lowercase=False,                 # lowercase text before tokenizing
       context_length=48,               # tokens per caption, EOS included
       crop_scale=(0.8, 1.0),           # random resized crop: area fraction range
       crop_ratio=(0.75, 1.3333),       # random resized crop: aspect ratio range
       num_workers=0,                   # grain worker processes (0 = in the main process)
+      read_threads=2,                  # decode threads per process (per worker)
       shapes_train_size=200_000,       # embedded dataset sizes
       shapes_eval_size=500,
   ))

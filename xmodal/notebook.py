@@ -51,7 +51,8 @@ class LoadedModel:
     for item in inputs:
       img = transforms.decode(item, size) if isinstance(item, str) else (
           item if isinstance(item, Image.Image) else Image.fromarray(np.asarray(item, np.uint8)))
-      out.append(transforms.resize_center_crop(img.convert("RGB"), size))
+      out.append(transforms.finalize(transforms.resize_center_crop(img.convert("RGB"), size),
+                                     self.config.data.image_dtype, self.config.data.normalize))
     return np.stack(out)
 
   def encode(self, **inputs) -> dict:

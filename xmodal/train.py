@@ -49,7 +49,7 @@ def init_state_fn(model, tx, config):
 
 
 # Sections a resumed run may change (longer training, eval or loader settings, the mesh).
-RESUMABLE_CHANGES = ("train.", "eval.", "data.num_workers", "mesh.")
+RESUMABLE_CHANGES = ("train.", "eval.", "data.num_workers", "data.read_threads", "mesh.")
 
 
 def save_config(config, workdir: str) -> None:
@@ -159,10 +159,12 @@ def _train(config, workdir: str, mesh) -> dict:
   total = config.train.total_steps
   pending = []                      # per-step metrics (device arrays) since the last log
   skipped_local = 0                 # this process's bad rows since the last log/checkpoint
+  epoch = 0                         # the newest epoch this process has read from
   interval_start, interval_steps = time.time(), 0
   for step in range(start, total):
     local = next(data_iter)
     skipped_local += int(local["skipped"].sum())
+    epoch = max(epoch, int(local["epoch"].max()))
     batch = parallel.global_batch(mesh, {image_key: local[image_key], text_key: local[text_key]})
     state, step_metrics = step_fn(state, batch)
     pending.append(step_metrics)
@@ -185,7 +187,8 @@ def _train(config, workdir: str, mesh) -> dict:
       step_time = (time.time() - interval_start) / max(interval_steps, 1)
       logged.update({"step_time_s": step_time, "steps_per_s": 1.0 / step_time,
                      "examples_per_s": config.batch_size / step_time,
-                     "eta_s": step_time * (total - done), "data/skipped": skipped_total})
+                     "eta_s": step_time * (total - done), "data/skipped": skipped_total,
+                     "data/epoch": epoch})
       writer.write(done, logged)
       pending, interval_start, interval_steps = [], time.time(), 0
 

@@ -1,16 +1,22 @@
-"""Manifest datasets: a JSONL or CSV file of (image path, caption[, label]) rows.
+"""Manifest datasets: JSONL, CSV/TSV or Parquet files of (image, caption[, label]) rows.
 
-JSONL: one object a line, e.g. {"image": "imgs/0001.jpg", "caption": "a dog", "label": 3}.
-CSV: a header row naming the columns. Column names are set by `data.image_key`,
-`data.caption_key` and `data.label_key`. Relative image paths resolve against the
-manifest's folder. Rows are read eagerly (paths and captions only); images are read later
-by the pipeline, where an unreadable one is skipped and counted.
+JSONL: one object a line, e.g. {"image": "imgs/0001.jpg", "caption": "a dog", "label": 3};
+the caption may also be a list of captions ({"caption": ["a dog", "a brown dog"]}).
+CSV/TSV: a header row naming the columns. Parquet: columns of the same names; the image
+column holds a path (string), the encoded image itself (binary), or a Hugging Face
+`datasets`-style struct {"bytes": ..., "path": ...}; a list column holds several captions.
+Column names are set by `data.image_key`, `data.caption_key` and `data.label_key`.
+Relative image paths resolve against the manifest's folder. Rows are read eagerly (image
+bytes of a Parquet file included: for corpora larger than memory, convert them to
+ArrayRecord with tools/convert_to_arrayrecord.py); images are decoded later by the
+pipeline, where an unreadable or missing one is skipped and counted.
 """
 
 import csv
-import glob
 import json
 import os
+
+from xmodal.data import sources
 
 
 class ManifestError(ValueError):
@@ -30,34 +36,61 @@ def read_rows(path: str, image_key: str, caption_key: str, label_key: str) -> li
           raw.append((line_no, json.loads(line)))
         except json.JSONDecodeError as e:
           raise ManifestError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+  elif path.endswith(".parquet"):
+    return _read_parquet(path, folder, image_key, caption_key, label_key)
   elif path.endswith(".csv") or path.endswith(".tsv"):
     with open(path, encoding="utf-8", newline="") as f:
       reader = csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ",")
       raw = [(line_no, row) for line_no, row in enumerate(reader, 2)]
   else:
-    raise ManifestError(f"{path}: manifest must end in .jsonl, .csv or .tsv")
+    raise ManifestError(f"{path}: manifest must end in .jsonl, .json, .csv, .tsv or .parquet")
   rows = []
   for line_no, row in raw:
     for key in (image_key, caption_key):
       if key not in row:
         raise ManifestError(f"{path}:{line_no}: row has no {key!r} column (columns: "
                             f"{sorted(row)}); set config.data.image_key / caption_key")
-    label = row.get(label_key, "")
-    rows.append({
-        "image": os.path.join(folder, row[image_key]),
-        "caption": row[caption_key] if row[caption_key] is not None else "",
-        "label": int(label) if str(label).strip() != "" else -1,
-    })
+    rows.append(_row(path, line_no, folder, row[image_key], row[caption_key],
+                     row.get(label_key, "")))
   return rows
 
 
+def _row(path, line_no, folder, image, caption, label) -> dict:
+  if isinstance(image, dict):                      # {"bytes": ..., "path": ...}
+    image = image.get("bytes") or image.get("path") or ""
+  if isinstance(image, str):
+    image = os.path.join(folder, image)
+  try:
+    label = int(label) if label is not None and str(label).strip() != "" else -1
+  except ValueError:
+    raise ManifestError(f"{path}:{line_no}: label {label!r} is not an integer") from None
+  return {"image": image, "caption": caption if caption is not None else "", "label": label}
+
+
+def _read_parquet(path, folder, image_key, caption_key, label_key) -> list[dict]:
+  import pyarrow.parquet as pq
+  names = pq.read_schema(path).names
+  for key in (image_key, caption_key):
+    if key not in names:
+      raise ManifestError(f"{path}: no {key!r} column (columns: {sorted(names)}); set "
+                          f"config.data.image_key / caption_key")
+  columns = [image_key, caption_key] + ([label_key] if label_key in names else [])
+  table = pq.read_table(path, columns=columns).to_pydict()
+  labels = table.get(label_key, [None] * len(table[image_key]))
+  return [_row(path, i, folder, image, caption, label)
+          for i, (image, caption, label) in enumerate(
+              zip(table[image_key], table[caption_key], labels))]
+
+
 class ManifestSource:
-  """A grain random-access source over the rows of one or more manifests (a glob)."""
+  """A grain random-access source over the rows of one or more manifests (a glob or brace
+  pattern, several separated by ";")."""
 
   def __init__(self, pattern: str, image_key="image", caption_key="caption", label_key="label"):
-    paths = sorted(glob.glob(os.path.expanduser(pattern)))
-    if not paths:
-      raise ManifestError(f"no manifest file matches {pattern!r}")
+    try:
+      paths = sources.expand_pattern(pattern)
+    except sources.SourceError:
+      raise ManifestError(f"no manifest file matches {pattern!r}") from None
     self.rows = [r for p in paths for r in read_rows(p, image_key, caption_key, label_key)]
     if not self.rows:
       raise ManifestError(f"manifest {pattern!r} has no rows")

@@ -1,15 +1,26 @@
-"""The grain input pipeline: source -> shuffle -> per-process shard -> decode/augment/tokenize
--> drop-and-count bad rows -> per-process batches.
+"""The grain input pipeline: sources -> shuffle -> per-process shard -> repeat (epochs
+counted) -> [mixture] -> decode/augment/tokenize -> drop-and-count bad rows -> per-process
+batches -> [worker processes].
 
-Training order is a pure function of (config.seed, process index, process count): the
-source is shuffled globally with a fresh permutation each epoch, process p reads every
-`count`-th element from p, and augmentation randomness is seeded per element. The iterator
-is a grain `DatasetIterator` whose state (a few integers) is saved in every checkpoint, so a
-resumed run reads exactly the batches an uninterrupted one would.
+Sources (`data.source`): "shapes" (embedded), "manifest" (JSONL/CSV/Parquet), "webdataset"
+(tar shards), "arrayrecord" (xmodal records, see `sources.py`), "tfds"
+(`tfds.data_source`, no TensorFlow), or "mixture" (`data.mixture`: several of these with
+weights, e.g. "webdataset:/d/laion/{00000..00127}.tar@0.7; arrayrecord:/d/cc/*.ar@0.3").
 
-Each batch is {image modality: uint8 [b, S, S, 3], text modality: int32 [b, L],
-"label": int32 [b], "skipped": int32 [b]}, where the modality keys are the tower names
-and "skipped" counts the unreadable rows dropped just before each example.
+Training order is a pure function of (config.seed, process index, process count, number
+of workers): each source is shuffled globally with a fresh permutation each epoch (all
+processes draw the same permutation), process p reads every `count`-th element from p, so
+processes read disjoint examples, and augmentation randomness is seeded per element. With
+`data.num_workers` > 0 the batches are made in that many worker processes (grain
+`mp_prefetch`), which changes the order, not the content, of batches. The iterator is a
+grain `DatasetIterator` whose state is saved in every checkpoint, so a resumed run reads
+exactly the batches an uninterrupted one would.
+
+Each batch is {image modality: uint8 [b, S, S, 3] (or float32, `data.image_dtype`),
+text modality: int32 [b, L], "label": int32 [b], "skipped": int32 [b], "epoch": int32 [b],
+"source": int32 [b]}, where the modality keys are the tower names, "skipped" counts the
+unreadable rows dropped just before each example, "epoch" is the pass over its source the
+example comes from (0-based) and "source" its index in the mixture (0 without one).
 """
 
 import dataclasses
@@ -18,7 +29,12 @@ import logging
 import grain
 import numpy as np
 
-from xmodal.data import manifest, shapes, tokenizer as tokenizer_lib, transforms
+from xmodal.data import manifest, shapes, sources, tokenizer as tokenizer_lib, transforms
+
+SOURCE_KINDS = ("shapes", "manifest", "webdataset", "arrayrecord", "tfds")
+# A run of this many unreadable examples in a row means the data is broken, not noisy:
+# the iterator raises instead of spinning forever.
+MAX_CONSECUTIVE_BAD = 10_000
 
 
 def modality_names(config) -> tuple[str, str]:
@@ -27,79 +43,217 @@ def modality_names(config) -> tuple[str, str]:
   return by_kind["vit"], by_kind["text"]
 
 
-def make_source(config, split: str):
-  """The random-access source for `split` ("train" or "eval")."""
+def parse_mixture(spec: str) -> list[tuple[str, str, float]]:
+  """'kind:pattern@weight; ...' -> [(kind, pattern, weight)]. The weight defaults to 1; for
+  "tfds" the pattern is the split (name, data_dir and keys come from data.tfds_*)."""
+  out = []
+  for entry in (e.strip() for e in spec.split(";")):
+    if not entry:
+      continue
+    kind, colon, rest = entry.partition(":")
+    kind = kind.strip()
+    if not colon or kind not in SOURCE_KINDS or kind == "shapes":
+      raise ValueError(f"mixture entry {entry!r}: expected KIND:PATTERN[@WEIGHT] with KIND "
+                       f"in {SOURCE_KINDS[1:]}")
+    pattern, weight = rest, 1.0
+    if "@" in rest:
+      pattern, _, w = rest.rpartition("@")
+      try:
+        weight = float(w)
+      except ValueError:
+        raise ValueError(f"mixture entry {entry!r}: weight {w!r} is not a number") from None
+    if weight <= 0:
+      raise ValueError(f"mixture entry {entry!r}: weight must be > 0")
+    out.append((kind, pattern.strip(), weight))
+  if not out:
+    raise ValueError("empty mixture")
+  return out
+
+
+def open_source(kind: str, pattern: str, config, split: str):
+  """One random-access source of `kind` over `pattern` (a tfds split for "tfds")."""
   d = config.data
-  if d.source == "shapes":
+  if kind == "shapes":
     size = d.shapes_train_size if split == "train" else d.shapes_eval_size
     return shapes.ShapesSource(split, size, d.image_size)
-  pattern = d.train_manifest if split == "train" else d.eval_manifest
-  return manifest.ManifestSource(pattern, d.image_key, d.caption_key, d.label_key)
+  if kind == "manifest":
+    return manifest.ManifestSource(pattern, d.image_key, d.caption_key, d.label_key)
+  if kind == "webdataset":
+    return sources.WebDatasetSource(pattern, d.caption_key, d.label_key)
+  if kind == "arrayrecord":
+    return sources.ArrayRecordSource(pattern)
+  if kind == "tfds":
+    return sources.TfdsSource(d.tfds_name, pattern, d.tfds_data_dir, d.tfds_keys)
+  raise ValueError(f"config.data.source: unknown source kind {kind!r}")
+
+
+def source_specs(config, split: str) -> list[tuple[str, str, float]]:
+  """[(kind, pattern, weight)] that make up `split` ("train" or "eval")."""
+  d = config.data
+  if split == "train":
+    if d.source == "mixture":
+      return parse_mixture(d.mixture)
+    kind = d.source
+  else:
+    kind = d.eval_source or d.source
+  if kind == "shapes":
+    return [("shapes", "", 1.0)]
+  if kind == "tfds":
+    return [("tfds", d.tfds_train_split if split == "train" else d.tfds_eval_split, 1.0)]
+  if kind == "manifest":
+    legacy = d.train_manifest if split == "train" else d.eval_manifest
+    files = d.train_files if split == "train" else d.eval_files
+    return [("manifest", files or legacy, 1.0)]
+  return [(kind, d.train_files if split == "train" else d.eval_files, 1.0)]
+
+
+def make_source(config, split: str):
+  """The random-access source for `split` (the first component of a training mixture)."""
+  kind, pattern, _ = source_specs(config, split)[0]
+  return open_source(kind, pattern, config, split)
 
 
 @dataclasses.dataclass
 class Preprocess(grain.transforms.RandomMap):
   """Record -> example, or {"_bad": reason} when the image or caption cannot be used.
 
-  train=True: random resized crop; train=False: resize + center crop (rng unused).
+  train=True: random resized crop (+ flip); train=False: resize + center crop (rng unused).
+  Several captions: "sample" picks one at random per use (eval: the first), "first" the
+  first, "all" yields {"_many": [one example per caption]} (same pixels), which `SkipBad`
+  unrolls.
   """
   image_key: str
   text_key: str
   image_size: int
-  context_length: int
+  tokenizer: object
   train: bool
   crop_scale: tuple = (0.8, 1.0)
   crop_ratio: tuple = (0.75, 1.3333)
+  flip: bool = False
+  captions: str = "sample"
+  image_dtype: str = "uint8"
+  normalize: str = "none"
+
+  def _captions(self, caption) -> list[str] | str:
+    """Usable captions, or a string: why there are none."""
+    items = list(caption) if isinstance(caption, (list, tuple, np.ndarray)) else [caption]
+    good, why = [], "no caption"
+    for c in items:
+      if isinstance(c, (bytes, np.bytes_)):
+        try:
+          c = bytes(c).decode("utf-8")
+        except UnicodeDecodeError:
+          why = "caption is not UTF-8"
+          continue
+      if not isinstance(c, str) or not c.strip():
+        why = "empty caption"
+        continue
+      good.append(c)
+    return good or why
 
   def random_map(self, record, rng: np.random.Generator):
-    caption = record["caption"]
-    if isinstance(caption, bytes):
-      try:
-        caption = caption.decode("utf-8")
-      except UnicodeDecodeError:
-        return {"_bad": "caption is not UTF-8"}
-    if not isinstance(caption, str) or not caption.strip():
-      return {"_bad": "empty caption"}
+    extra = {k: np.int32(record[k]) for k in ("epoch", "source") if k in record}
+    if "_bad" in record:
+      return {"_bad": record["_bad"], **extra}
+    captions = self._captions(record["caption"])
+    if isinstance(captions, str):
+      return {"_bad": captions, **extra}
     image = record["image"]
     try:
       if isinstance(image, np.ndarray):
         from PIL import Image
         img = Image.fromarray(image)
+        pixels = (transforms.random_resized_crop(img, self.image_size, rng, self.crop_scale,
+                                                 self.crop_ratio) if self.train
+                  else transforms.resize_center_crop(img, self.image_size))
+        if self.train and self.flip and rng.random() < 0.5:
+          pixels = pixels[:, ::-1]
+      elif self.train:
+        pixels = transforms.decode_random_crop(image, self.image_size, rng, self.crop_scale,
+                                               self.crop_ratio, self.flip)
       else:
-        img = transforms.decode(image, self.image_size)
-    except Exception as e:  # PIL raises many types for broken files.
-      return {"_bad": f"unreadable image {image if isinstance(image, str) else ''}: {e}"}
-    if self.train:
-      pixels = transforms.random_resized_crop(img, self.image_size, rng, self.crop_scale,
-                                              self.crop_ratio)
-    else:
-      pixels = transforms.resize_center_crop(img, self.image_size)
-    tokens = tokenizer_lib.ByteTokenizer(self.context_length).encode(caption)
-    return {self.image_key: pixels, self.text_key: tokens,
-            "label": np.int32(record.get("label", -1))}
+        pixels = transforms.decode_center_crop(image, self.image_size)
+    except Exception as e:  # PIL raises many types for broken or missing files.
+      where = image if isinstance(image, str) else f"{len(image)} bytes" if isinstance(
+          image, (bytes, bytearray)) else type(image).__name__
+      return {"_bad": f"unreadable image ({where}): {e}", **extra}
+    pixels = transforms.finalize(np.ascontiguousarray(pixels), self.image_dtype,
+                                 self.normalize)
+
+    def example(text):
+      return {self.image_key: pixels, self.text_key: self.tokenizer.encode(text),
+              "label": np.int32(record.get("label", -1)), **extra}
+
+    if self.captions == "all" and self.train:
+      return {"_many": [example(c) for c in captions]}
+    if self.captions == "sample" and self.train and len(captions) > 1:
+      return example(captions[int(rng.integers(len(captions)))])
+    return example(captions[0])
 
 
 class _SkipBadIterator(grain.DatasetIterator):
-  """Drops {"_bad": ...} elements; the next good one carries how many were dropped."""
+  """Drops {"_bad": ...} elements (the next good one carries how many were dropped in
+  "skipped") and unrolls {"_many": [...]} into one element each.
+
+  State: the parent's state before the element being unrolled plus how many of its parts
+  were already returned, so a restore mid-element resumes at the next part."""
 
   def __init__(self, parent):
     super().__init__(parent)
+    self._pending, self._before, self._taken = [], None, 0
+    self._logged = 0
+
+  def _log_bad(self, reason):
+    self._logged += 1
+    if self._logged <= 20 or self._logged % 1000 == 0:
+      logging.warning("skipping a bad example (%d so far in this reader): %s", self._logged,
+                      reason)
+
+  def _fetch(self) -> int:
+    """Pulls parent elements until a good one; fills _pending. Returns skipped count."""
+    skipped = 0
+    while True:
+      before = self._parent.get_state()
+      element = next(self._parent)
+      if "_bad" in element:
+        skipped += 1
+        self._log_bad(element["_bad"])
+        if skipped >= MAX_CONSECUTIVE_BAD:
+          raise RuntimeError(
+              f"{skipped} unreadable examples in a row (last: {element['_bad']}); the data "
+              "is broken or misconfigured (check data.source / file patterns / keys)")
+        continue
+      parts = element["_many"] if "_many" in element else [element]
+      if not parts:
+        skipped += 1
+        continue
+      self._pending, self._before, self._taken = parts, before, 0
+      return skipped
 
   def __next__(self):
     skipped = 0
-    while True:
-      element = next(self._parent)
-      if "_bad" not in element:
-        element["skipped"] = np.int32(skipped)
-        return element
-      skipped += 1
-      logging.warning("skipping a bad example: %s", element["_bad"])
+    if self._taken >= len(self._pending):
+      skipped = self._fetch()
+    element = dict(self._pending[self._taken])
+    self._taken += 1
+    element["skipped"] = np.int32(skipped)
+    element.setdefault("epoch", np.int32(0))
+    element.setdefault("source", np.int32(0))
+    return element
 
   def get_state(self):
-    return self._parent.get_state()
+    if self._taken >= len(self._pending):
+      return {"parent": self._parent.get_state(), "taken": 0}
+    return {"parent": self._before, "taken": self._taken}
 
   def set_state(self, state):
-    self._parent.set_state(state)
+    if "parent" not in state:                 # a checkpoint from before this format
+      state = {"parent": state, "taken": 0}
+    self._parent.set_state(state["parent"])
+    self._pending, self._before, self._taken = [], None, 0
+    if state["taken"]:
+      self._fetch()
+      self._taken = state["taken"]
 
 
 class SkipBad(grain.IterDataset):
@@ -111,30 +265,61 @@ def preprocess_for(config, train: bool) -> Preprocess:
   image_key, text_key = modality_names(config)
   d = config.data
   return Preprocess(image_key=image_key, text_key=text_key, image_size=d.image_size,
-                    context_length=d.context_length, train=train,
-                    crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio))
+                    tokenizer=tokenizer_lib.get_tokenizer(config), train=train,
+                    crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
+                    flip=d.flip, captions=d.captions, image_dtype=d.image_dtype,
+                    normalize=d.normalize)
+
+
+@dataclasses.dataclass
+class _Tag(grain.transforms.MapWithIndex):
+  """Adds "epoch" (index // epoch length) and "source" (mixture index) to raw records."""
+  epoch_length: int
+  source_index: int
+
+  def map_with_index(self, index, record):
+    record = dict(record)
+    record["epoch"] = index // self.epoch_length
+    record["source"] = self.source_index
+    return record
+
+
+def _global_stream(source, seed: int, source_index: int) -> grain.MapDataset:
+  """One source's global stream: shuffled with a fresh order each epoch, repeated forever,
+  tagged with epoch and source index. Every process builds the same stream."""
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+  return ds.map_with_index(_Tag(len(source), source_index))
 
 
 def train_dataset(config, process_index: int = 0, process_count: int = 1,
                   first_example: int = 0) -> grain.IterDataset:
   """Infinite per-process batches of config.batch_size // process_count examples.
 
-  The global stream is the source reshuffled every epoch and repeated; process p reads its
-  elements first_example + p, + p + count, ... `first_example` > 0 restarts the stream at
-  a global position (resuming on a different number of processes)."""
+  The global stream is each source reshuffled every epoch and repeated (sources mixed by
+  weight); process p reads its elements first_example + p, + p + count, ... so processes
+  are disjoint. Augmentation randomness is keyed by the global position, before the
+  per-process slice, so an example is cropped the same way whatever the number of
+  processes. `first_example` > 0 restarts the stream at a global position (resuming on a
+  different number of processes)."""
   if config.batch_size % process_count:
     raise ValueError(f"config.batch_size {config.batch_size} is not divisible by the "
                      f"{process_count} processes")
-  ds = grain.MapDataset.source(make_source(config, "train"))
-  # Augmentation randomness is keyed by the global stream position (before the per-process
-  # slice), so an example is cropped the same way whatever the number of processes.
-  ds = ds.shuffle(seed=config.seed).repeat(None)
+  specs = source_specs(config, "train")
+  parts = []
+  for i, (kind, pattern, weight) in enumerate(specs):
+    source = open_source(kind, pattern, config, "train")
+    logging.info("train source %d: %r, weight %g", i, source, weight)
+    parts.append(_global_stream(source, config.seed + 7919 * i, i))
+  ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [w for _, _, w in specs])
   ds = ds.random_map(preprocess_for(config, train=True), seed=config.seed + 1)
   ds = ds[first_example + process_index::process_count]
-  # Few reader threads: on small hosts more only fight the train step for cores.
   local_batch = config.batch_size // process_count
-  ds = SkipBad(ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
-                                                    prefetch_buffer_size=2 * local_batch)))
+  # Few reader threads: on small hosts more only fight the train step for cores.
+  # The read-ahead buffer holds decoded images: capped so that large batches of 224-pixel
+  # images do not hold gigabytes per worker.
+  ds = SkipBad(ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=config.data.read_threads,
+      prefetch_buffer_size=min(2 * local_batch, 256))))
   ds = ds.batch(local_batch, drop_remainder=True)
   if config.data.num_workers > 0:
     _mark_flags_parsed()
@@ -160,8 +345,10 @@ def eval_arrays(config, max_examples: int | None = None) -> dict:
       skipped += 1
       logging.warning("eval: skipping row %d: %s", i, ex["_bad"])
       continue
+    ex.pop("epoch", None)
+    ex.pop("source", None)
     examples.append(ex)
-    captions.append(record["caption"])
+    captions.append(prep._captions(record["caption"])[0])
   if not examples:
     raise ValueError(f"the eval split of {source!r} has no readable examples")
   out = {k: np.stack([e[k] for e in examples]) for k in examples[0]}

@@ -1,10 +1,41 @@
-"""Tokenizers: text -> int32 ids [L].
+"""Tokenizers: text -> int32 ids [L], chosen by `data.tokenizer` (+ `data.tokenizer_path`).
 
-`ByteTokenizer` (the default, `data.tokenizer="bytes"`) needs no vocabulary file: each UTF-8
-byte is one token (id = byte + 2), then EOS (id 1), then padding (id 0) up to
-`context_length`. Text longer than `context_length - 1` bytes is truncated and EOS is still
-the last token, so the text tower's "eot" pooling always finds it. No lowercasing.
+Every tokenizer produces the same layout, which the text tower relies on (padding mask
+`ids != pad_id`, "eot" pooling = last non-pad position):
+
+    [text tokens ..., EOS, PAD, PAD, ...]      length data.context_length
+
+Text whose tokens do not fit is truncated so that EOS is always present and always the last
+real token. `vocab_size` counts every id the tokenizer can emit (extra ids added for PAD or
+EOS included), so the text tower's embedding table fits. If `data.lowercase` is set, text is
+lowercased before any tokenizer sees it.
+
+  "bytes"          (default) no file. Each UTF-8 byte is one token (id = byte + 2),
+                   EOS = 1, PAD = 0; vocab 258. No lowercasing, no normalisation.
+  "sentencepiece"  a SentencePiece `.model` file. Text normalisation is the model's own
+                   (usually NFKC); no lowercasing. No BOS. EOS = the model's `</s>` id, or
+                   a new id if the model has none; PAD = the model's pad id, or a new id
+                   after the vocabulary if the model has none (the SentencePiece default).
+  "hf"             a Hugging Face `tokenizer.json` (the `tokenizers` library). Normalisation
+                   (lowercasing included) is whatever the file's normalizer does. The file's
+                   post-processor ([CLS]/[SEP] templates) is not applied; EOS is the first of
+                   `</s>`, `[SEP]`, `<|endoftext|>`, `<eos>` present in the vocabulary (else a
+                   new id); PAD the first of `<pad>`, `[PAD]` (else a new id).
+  "clip"           the CLIP byte-level BPE: a merges file such as OpenAI's
+                   `bpe_simple_vocab_16e6.txt.gz` (plain or gzipped; first line a header, at
+                   most 48,894 merges read, as in CLIP). Text is HTML-unescaped, whitespace-
+                   collapsed and lowercased (and `ftfy.fix_text`-ed when ftfy is installed).
+                   Ids: 256 bytes, 256 bytes + `</w>`, one per merge, then
+                   `<start_of_text>` (SOT), `<end_of_text>` (EOT = EOS): 49,408 for the
+                   OpenAI file. Layout [SOT, tokens..., EOT, PAD...] as in open_clip, except
+                   that PAD is a new id (49,408, vocab 49,409) instead of 0, since id 0 is
+                   the real token "!" and the tower masks padding by id.
 """
+
+import functools
+import gzip
+import html
+import os
 
 import numpy as np
 
@@ -12,28 +43,61 @@ PAD_ID = 0
 EOS_ID = 1
 
 
-class ByteTokenizer:
+def _layout(ids, context_length: int, eos_id: int, pad_id: int, prefix=()) -> np.ndarray:
+  """prefix + ids truncated to fit, then EOS, then PAD up to context_length."""
+  room = context_length - 1 - len(prefix)
+  body = list(prefix) + list(ids[:room])
+  out = np.full(context_length, pad_id, np.int32)
+  out[: len(body)] = body
+  out[len(body)] = eos_id
+  return out
+
+
+class _Base:
+  context_length: int
+  pad_id: int
+  eos_id: int
+  vocab_size: int
+  lowercase: bool = False
+
+  def _prep(self, text: str) -> str:
+    return text.lower() if self.lowercase else text
+
+  def encode_batch(self, texts) -> np.ndarray:
+    """A list of N strings -> int32 [N, context_length]."""
+    if not len(texts):
+      return np.zeros((0, self.context_length), np.int32)
+    return np.stack([self.encode(t) for t in texts])
+
+  def _real(self, ids) -> list[int]:
+    """The ids before EOS (PAD and EOS dropped)."""
+    ids = [int(i) for i in ids]
+    end = ids.index(self.eos_id) if self.eos_id in ids else len(ids)
+    return [i for i in ids[:end] if i != self.pad_id]
+
+
+def _check_length(context_length: int, minimum: int = 2):
+  if context_length < minimum:
+    raise ValueError(f"context_length must be >= {minimum}, got {context_length}")
+
+
+class ByteTokenizer(_Base):
   vocab_size = 256 + 2
   pad_id = PAD_ID
   eos_id = EOS_ID
 
-  def __init__(self, context_length: int):
-    if context_length < 2:
-      raise ValueError(f"context_length must be >= 2, got {context_length}")
+  def __init__(self, context_length: int, lowercase: bool = False):
+    _check_length(context_length)
     self.context_length = context_length
+    self.lowercase = lowercase
 
   def encode(self, text: str) -> np.ndarray:
     """One string -> int32 [context_length]."""
-    data = text.encode("utf-8")[: self.context_length - 1]
+    data = self._prep(text).encode("utf-8")[: self.context_length - 1]
     ids = np.zeros(self.context_length, np.int32)
     ids[: len(data)] = np.frombuffer(data, np.uint8).astype(np.int32) + 2
     ids[len(data)] = EOS_ID
     return ids
-
-  def encode_batch(self, texts) -> np.ndarray:
-    """A list of N strings -> int32 [N, context_length]."""
-    return np.stack([self.encode(t) for t in texts]) if len(texts) else np.zeros(
-        (0, self.context_length), np.int32)
 
   def decode(self, ids) -> str:
     ids = [int(i) for i in ids]
@@ -41,8 +105,221 @@ class ByteTokenizer:
     return bytes(i - 2 for i in ids[:end] if i >= 2).decode("utf-8", errors="replace")
 
 
+class _LazyFile(_Base):
+  """A tokenizer backed by a file: loaded on first use, pickled as its path (grain workers)."""
+
+  def __init__(self, path: str, context_length: int, lowercase: bool = False):
+    _check_length(context_length)
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
+    self.path, self.context_length, self.lowercase = path, context_length, lowercase
+    self._impl = None
+    self._load()
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_impl"] = None
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+
+  @property
+  def impl(self):
+    if self._impl is None:
+      self._load()
+    return self._impl
+
+
+class SentencePieceTokenizer(_LazyFile):
+  def _load(self):
+    import sentencepiece as spm
+    self._impl = spm.SentencePieceProcessor(model_file=self.path)
+    n = self._impl.get_piece_size()
+    extra = n
+    eos = self._impl.eos_id()
+    if eos < 0:
+      eos, extra = extra, extra + 1
+    pad = self._impl.pad_id()
+    if pad < 0:
+      pad, extra = extra, extra + 1
+    self.eos_id, self.pad_id, self.vocab_size = eos, pad, extra
+
+  def encode(self, text: str) -> np.ndarray:
+    ids = self.impl.encode(self._prep(text), out_type=int)
+    return _layout(ids, self.context_length, self.eos_id, self.pad_id)
+
+  def decode(self, ids) -> str:
+    n = self.impl.get_piece_size()
+    return self.impl.decode([i for i in self._real(ids) if i < n])
+
+
+class HFTokenizer(_LazyFile):
+  EOS_CANDIDATES = ("</s>", "[SEP]", "<|endoftext|>", "<eos>")
+  PAD_CANDIDATES = ("<pad>", "[PAD]")
+
+  def _load(self):
+    import tokenizers
+    self._impl = tokenizers.Tokenizer.from_file(self.path)
+    self._impl.no_truncation()
+    self._impl.no_padding()
+    vocab = self._impl.get_vocab(with_added_tokens=True)
+    extra = max(vocab.values()) + 1 if vocab else 0
+
+    def pick(candidates):
+      nonlocal extra
+      for c in candidates:
+        if c in vocab:
+          return vocab[c]
+      extra += 1
+      return extra - 1
+
+    self.eos_id = pick(self.EOS_CANDIDATES)
+    self.pad_id = pick(self.PAD_CANDIDATES)
+    self.vocab_size = extra
+
+  def encode(self, text: str) -> np.ndarray:
+    ids = self.impl.encode(self._prep(text), add_special_tokens=False).ids
+    return _layout(ids, self.context_length, self.eos_id, self.pad_id)
+
+  def decode(self, ids) -> str:
+    return self.impl.decode(self._real(ids))
+
+
+# ----------------------------------------------------------------------------- CLIP BPE
+
+CLIP_MAX_MERGES = 49152 - 256 - 2
+
+
+@functools.lru_cache()
+def byte_alphabet() -> dict[int, str]:
+  """Each byte -> a printable unicode character (printable Latin-1 bytes map to
+  themselves; the rest to code points from 256 up, in byte order), so that BPE never
+  sees whitespace or control characters. Dict order = vocabulary order: the printable
+  bytes first, then the remapped ones."""
+  keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
+  table = {b: chr(b) for b in keep}
+  for shift, b in enumerate(b for b in range(256) if b not in table):
+    table[b] = chr(256 + shift)
+  return table
+
+
+class ClipBPETokenizer(_LazyFile):
+  SOT, EOT = "<start_of_text>", "<end_of_text>"
+  PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+  def _load(self):
+    import regex
+    opener = gzip.open if self.path.endswith(".gz") else open
+    with opener(self.path, "rb") as f:
+      lines = f.read().decode("utf-8").split("\n")
+    merges = []
+    for line in lines[1:]:               # line 0 is a "#version" header
+      parts = line.split()
+      if len(parts) == 2:
+        merges.append(tuple(parts))
+      if len(merges) == CLIP_MAX_MERGES:
+        break
+    alphabet = byte_alphabet()
+    symbols = list(alphabet.values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+    vocab += [self.SOT, self.EOT]
+    self.token_id = {t: i for i, t in enumerate(vocab)}
+    self.id_token = vocab
+    self.ranks = {m: r for r, m in enumerate(merges)}
+    self.sot_id, self.eos_id = self.token_id[self.SOT], self.token_id[self.EOT]
+    self.pad_id = len(vocab)
+    self.vocab_size = len(vocab) + 1
+    self._pattern = regex.compile(self.PATTERN, regex.IGNORECASE)
+    self._cache = {}
+    self._impl = True
+
+  def _clean(self, text: str) -> str:
+    try:
+      import ftfy
+      text = ftfy.fix_text(text)
+    except ImportError:
+      pass
+    text = html.unescape(html.unescape(text))
+    return " ".join(text.split()).lower()
+
+  def _merge(self, word: str) -> list[str]:
+    """Byte-level BPE of one pre-token: repeatedly join the adjacent pair of lowest merge
+    rank until no adjacent pair is a known merge."""
+    cached = self._cache.get(word)
+    if cached is not None:
+      return cached
+    parts = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(parts) > 1:
+      best_rank, best = None, None
+      for i in range(len(parts) - 1):
+        r = self.ranks.get((parts[i], parts[i + 1]))
+        if r is not None and (best_rank is None or r < best_rank):
+          best_rank, best = r, (parts[i], parts[i + 1])
+      if best is None:
+        break
+      joined, out, i = best[0] + best[1], [], 0
+      while i < len(parts):
+        if i < len(parts) - 1 and parts[i] == best[0] and parts[i + 1] == best[1]:
+          out.append(joined)
+          i += 2
+        else:
+          out.append(parts[i])
+          i += 1
+      parts = out
+    if len(self._cache) < 100_000:
+      self._cache[word] = parts
+    return parts
+
+  def tokens(self, text: str) -> list[int]:
+    """Text -> BPE ids, without SOT/EOT."""
+    self.impl  # noqa: B018  (loads the file in a fresh worker)
+    alphabet = byte_alphabet()
+    ids = []
+    for piece in self._pattern.findall(self._clean(text)):
+      word = "".join(alphabet[b] for b in piece.encode("utf-8"))
+      ids.extend(self.token_id[t] for t in self._merge(word))
+    return ids
+
+  def encode(self, text: str) -> np.ndarray:
+    return _layout(self.tokens(text), self.context_length, self.eos_id, self.pad_id,
+                   prefix=(self.sot_id,))
+
+  def decode(self, ids) -> str:
+    self.impl  # noqa: B018
+    inverse = {v: k for k, v in byte_alphabet().items()}
+    out = bytearray()
+    for token in (self.id_token[i] for i in self._real(ids) if i != self.sot_id):
+      word = token[:-4] if token.endswith("</w>") else token
+      out.extend(inverse[c] for c in word)
+      if token.endswith("</w>"):
+        out.extend(b" ")
+    return out.decode("utf-8", errors="replace").strip()
+
+
+TOKENIZERS = {"bytes": None, "sentencepiece": SentencePieceTokenizer, "hf": HFTokenizer,
+              "clip": ClipBPETokenizer}
+
+
+def make_tokenizer(kind: str, context_length: int, path: str = "", lowercase: bool = False):
+  if kind == "bytes":
+    return ByteTokenizer(context_length, lowercase)
+  if kind not in TOKENIZERS:
+    raise ValueError(f"unknown tokenizer {kind!r}; known: {sorted(TOKENIZERS)}")
+  if not path:
+    raise ValueError(f"tokenizer {kind!r} needs a file (config.data.tokenizer_path)")
+  if kind == "clip":
+    _check_length(context_length, 3)
+  return TOKENIZERS[kind](path, context_length, lowercase)
+
+
 def get_tokenizer(config):
-  """The tokenizer named by `config.data.tokenizer`."""
-  if config.data.tokenizer == "bytes":
-    return ByteTokenizer(config.data.context_length)
-  raise ValueError(f"config.data.tokenizer: unknown tokenizer {config.data.tokenizer!r}")
+  """The tokenizer named by `config.data.tokenizer` (file: `config.data.tokenizer_path`)."""
+  d = config.data
+  try:
+    return make_tokenizer(d.tokenizer, d.context_length, d.get("tokenizer_path", ""),
+                          d.get("lowercase", False))
+  except (ValueError, FileNotFoundError) as e:
+    raise ValueError(f"config.data.tokenizer: {e}") from None

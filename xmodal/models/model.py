@@ -29,7 +29,7 @@ def build_tower(cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDic
   if cfg.kind == "vit":
     return vit.ViT(patch_size=cfg.patch_size, width=cfg.width, depth=cfg.depth,
                    num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, pool=cfg.pool,
-                   dtype=dtype, name=name)
+                   dtype=dtype, input_normalized=config.data.normalize == "clip", name=name)
   if cfg.kind == "text":
     tok = tokenizer_lib.get_tokenizer(config)
     return text.TextTransformer(vocab_size=tok.vocab_size, context_length=tok.context_length,

@@ -23,12 +23,15 @@ class ViT(nn.Module):
   mlp_ratio: float = 4.0
   pool: str = "gap"
   dtype: layers.Dtype = jnp.float32
+  input_normalized: bool = False     # True: inputs are already CLIP-normalised floats
 
   @nn.compact
   def __call__(self, images):
-    """images: uint8 or float in [0, 255], [B, H, W, 3]. Returns features [B, width]."""
-    x = images.astype(jnp.float32) / 255.0
-    x = (x - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+    """images: uint8 or float in [0, 255], [B, H, W, 3] (or CLIP-normalised floats when
+    `input_normalized`, i.e. data.normalize="clip"). Returns features [B, width]."""
+    x = images.astype(jnp.float32)
+    if not self.input_normalized:
+      x = (x / 255.0 - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
     p = self.patch_size
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                 kernel_init=nn.with_logical_partitioning(

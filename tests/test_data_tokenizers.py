@@ -1,0 +1,195 @@
+"""Tokenizers: byte-level, SentencePiece (a model trained here), Hugging Face tokenizer.json
+(built here), CLIP BPE (a tiny merges file written here, and OpenAI's vocabulary against
+open_clip's reference implementation when it is installed). Layout [tokens, EOS, PAD...],
+truncation, pickling (grain workers) and the text tower's vocab_size / pad_id."""
+
+import gzip
+import importlib.util
+import os
+import pickle
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from data_fixtures import data_config
+from xmodal import config as config_lib
+from xmodal.data import tokenizer as tok_lib
+
+CORPUS = [
+    "a photo of a dog", "a photo of a cat", "a red car on the street", "two dogs playing",
+    "a cat sleeping on a sofa", "the street at night", "a small red boat", "a blue sky",
+    "photo of many cats and dogs", "a bird on the branch of a tree",
+] * 20
+
+
+def _check_layout(tok, text, context_length):
+  ids = tok.encode(text)
+  assert ids.shape == (context_length,) and ids.dtype == np.int32
+  real = np.flatnonzero(ids != tok.pad_id)
+  assert real.size and real[-1] == real.size - 1          # padding only at the end
+  assert ids[real[-1]] == tok.eos_id                      # EOS is the last real token
+  assert list(ids).count(tok.eos_id) == 1
+  assert ids.max() < tok.vocab_size and ids.min() >= 0
+  return ids
+
+
+def test_byte_tokenizer_layout_and_truncation():
+  tok = tok_lib.ByteTokenizer(8)
+  ids = _check_layout(tok, "héllo", 8)
+  assert tok.decode(ids) == "héllo"
+  long = _check_layout(tok, "abcdefghijkl", 8)
+  assert tok.decode(long) == "abcdefg"                    # 7 bytes + EOS
+  assert tok_lib.ByteTokenizer(8, lowercase=True).decode(
+      tok_lib.ByteTokenizer(8, lowercase=True).encode("ABC")) == "abc"
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory):
+  spm = pytest.importorskip("sentencepiece")
+  folder = tmp_path_factory.mktemp("sp")
+  (folder / "corpus.txt").write_text("\n".join(CORPUS))
+  spm.SentencePieceTrainer.train(input=str(folder / "corpus.txt"),
+                                 model_prefix=str(folder / "tiny"), vocab_size=40,
+                                 model_type="unigram", character_coverage=1.0,
+                                 minloglevel=2)
+  return str(folder / "tiny.model")
+
+
+def test_sentencepiece(sp_model):
+  import sentencepiece as spm
+  ref = spm.SentencePieceProcessor(model_file=sp_model)
+  tok = tok_lib.make_tokenizer("sentencepiece", 24, sp_model)
+  # The default SentencePiece model has EOS (2) but no pad id: pad is a new id.
+  assert tok.eos_id == ref.eos_id() and tok.pad_id == ref.get_piece_size()
+  assert tok.vocab_size == ref.get_piece_size() + 1
+  ids = _check_layout(tok, "a photo of a dog", 24)
+  expected = ref.encode("a photo of a dog")
+  assert len(expected) < 23 and list(ids[: len(expected)]) == expected
+  assert tok.decode(ids) == "a photo of a dog"
+  long = _check_layout(tok, "a photo of a dog " * 10, 24)
+  assert list(long[:23]) == ref.encode("a photo of a dog " * 10)[:23]
+  clone = pickle.loads(pickle.dumps(tok))
+  np.testing.assert_array_equal(clone.encode("two dogs"), tok.encode("two dogs"))
+
+
+@pytest.fixture(scope="module")
+def hf_file(tmp_path_factory):
+  tokenizers = pytest.importorskip("tokenizers")
+  from tokenizers import models, normalizers, pre_tokenizers, trainers
+  tk = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+  tk.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase()])
+  tk.pre_tokenizer = pre_tokenizers.Whitespace()
+  tk.train_from_iterator(CORPUS, trainers.WordPieceTrainer(
+      vocab_size=80, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+  path = tmp_path_factory.mktemp("hf") / "tokenizer.json"
+  tk.save(str(path))
+  return str(path)
+
+
+def test_hf_tokenizer_json(hf_file):
+  import tokenizers
+  ref = tokenizers.Tokenizer.from_file(hf_file)
+  tok = tok_lib.make_tokenizer("hf", 10, hf_file)
+  vocab = ref.get_vocab()
+  assert tok.pad_id == vocab["[PAD]"] == 0 and tok.eos_id == vocab["[SEP]"]
+  assert tok.vocab_size == ref.get_vocab_size()
+  ids = _check_layout(tok, "A Photo of a DOG", 10)       # the file's normalizer lowercases
+  expected = ref.encode("a photo of a dog", add_special_tokens=False).ids
+  assert list(ids[: len(expected)]) == expected
+  assert tok.decode(ids) == "a photo of a dog"
+  _check_layout(tok, "a cat " * 30, 10)
+  clone = pickle.loads(pickle.dumps(tok))
+  np.testing.assert_array_equal(clone.encode("a blue sky"), tok.encode("a blue sky"))
+
+
+def _tiny_bpe(folder) -> str:
+  merges = ["#version: tiny", "d o", "do g</w>", "c a", "ca t</w>", "p h", "ph o", "o t",
+            "pho t", "phot o</w>", "a</w> x"]
+  path = os.path.join(folder, "tiny_bpe.txt.gz")
+  with gzip.open(path, "wt", encoding="utf-8") as f:
+    f.write("\n".join(merges) + "\n")
+  return path
+
+
+def test_clip_bpe_on_a_tiny_vocabulary(tmp_path):
+  path = _tiny_bpe(str(tmp_path))
+  tok = tok_lib.make_tokenizer("clip", 8, path)
+  # 512 byte symbols, 10 merges, SOT, EOT; PAD is one more.
+  assert tok.vocab_size == 512 + 10 + 2 + 1
+  assert (tok.sot_id, tok.eos_id, tok.pad_id) == (522, 523, 524)
+  assert tok._merge("dog") == ["dog</w>"]
+  assert tok._merge("photo") == ["photo</w>"]              # ph, pho, phot, photo</w>
+  assert tok._merge("dot") == ["do", "t</w>"]               # no ("do", "t</w>") merge
+  ids = _check_layout(tok, "A DOG, cat!", 8)
+  tid = tok.token_id
+  assert list(ids[:7]) == [tok.sot_id, tid["a</w>"], tid["dog</w>"], tid[",</w>"],
+                           tid["cat</w>"], tid["!</w>"], tok.eos_id]
+  assert tok.decode(ids) == "a dog , cat !"
+  long = _check_layout(tok, "dog " * 20, 8)
+  assert long[0] == tok.sot_id and list(long[1:7]) == [tid["dog</w>"]] * 6
+  wide = tok_lib.make_tokenizer("clip", 32, path)
+  assert wide.decode(wide.encode("café &amp; 東")) == "café & 東"   # bytes round-trip
+
+
+def _open_clip_reference():
+  """open_clip's tokenizer.py (test-only), loaded without torch / ftfy if absent."""
+  spec = importlib.util.find_spec("open_clip")
+  if spec is None or not spec.submodule_search_locations:
+    pytest.skip("open-clip-torch not installed (pip install open-clip-torch --no-deps)")
+  folder = list(spec.submodule_search_locations)[0]
+  vocab = os.path.join(folder, "bpe_simple_vocab_16e6.txt.gz")
+  stubs = {}
+  for name, attrs in (("torch", {"LongTensor": object, "Tensor": object}),
+                      ("ftfy", {"fix_text": lambda s: s})):
+    if importlib.util.find_spec(name) is None:
+      stubs[name] = types.ModuleType(name)
+      stubs[name].__dict__.update(attrs)
+  saved = {k: sys.modules.get(k) for k in stubs}
+  sys.modules.update(stubs)
+  try:
+    loader = importlib.util.spec_from_file_location("_oc_tok", os.path.join(folder, "tokenizer.py"))
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        sys.modules.pop(k, None)
+      else:
+        sys.modules[k] = v
+  return module.SimpleTokenizer(vocab), vocab
+
+
+def test_clip_bpe_matches_open_clip_on_the_openai_vocabulary():
+  ref, vocab = _open_clip_reference()
+  tok = tok_lib.make_tokenizer("clip", 77, vocab)
+  assert tok.vocab_size - 1 == ref.vocab_size == 49408
+  assert (tok.sot_id, tok.eos_id) == (ref.sot_token_id, ref.eot_token_id)
+  texts = ["a photo of a dog.", "Hello, World! It's 2024 &amp; naïve café — 東京 🙂",
+           "  multiple   spaces\tand CAPS ", "don't you'll we've they're i'm he'd",
+           "supercalifragilisticexpialidocious 12345 x-ray e-mail",
+           "A diagram of the photosynthesis process (labelled)"]
+  for text in texts:
+    assert tok.tokens(text) == ref.encode(text), text
+    ids = tok.encode(text)
+    n = len(ref.encode(text)) + 2
+    assert list(ids[:n]) == [ref.sot_token_id] + ref.encode(text) + [ref.eot_token_id]
+    assert tok.decode(ids) == ref.decode(ref.encode(text)).strip()
+  # Truncation as open_clip: SOT + the first 75 tokens + EOT.
+  long = "a photo of a dog " * 30
+  assert list(tok.encode(long)) == [ref.sot_token_id] + ref.encode(long)[:75] + [
+      ref.eot_token_id]
+
+
+def test_text_tower_takes_vocab_and_pad_from_the_tokenizer(sp_model, hf_file, tmp_path):
+  import jax
+  from xmodal.models import model as model_lib
+  for kind, path in (("sentencepiece", sp_model), ("hf", hf_file),
+                     ("clip", _tiny_bpe(str(tmp_path)))):
+    config = data_config(tokenizer=kind, tokenizer_path=path)
+    config_lib.validate(config, 1)
+    tok = tok_lib.get_tokenizer(config)
+    tower = model_lib.build_tower(config.towers.text, config, "text", jax.numpy.float32)
+    assert (tower.vocab_size, tower.pad_id) == (tok.vocab_size, tok.pad_id)
+    assert tower.context_length == config.data.context_length

@@ -1,0 +1,250 @@
+"""Converts an image-caption corpus to ArrayRecord shards of "xmodal record v1" records
+(see xmodal/data/sources.py), the format `data.source="arrayrecord"` reads.
+
+    python tools/convert_to_arrayrecord.py --input 'webdataset:/data/cc/{00000..00127}.tar' \\
+        --output /data/cc_ar/train --records_per_shard 10000 --processes 8
+
+--input is KIND:PATTERN with KIND one of
+  folder      a folder, searched recursively, of images (.jpg .jpeg .png .webp) each with a
+              caption file next to it: same name, .txt (one caption a line: several lines =
+              several captions); an optional same-name .json may hold {"label": int}.
+  manifest    JSONL / CSV / TSV / Parquet manifests (brace/glob pattern), columns set by
+              --image_key / --caption_key / --label_key.
+  webdataset  tar shards (brace/glob pattern): {key}.jpg|png|webp + {key}.txt [+ .json, .cls].
+
+Output: {output}-{i:05d}-of-{n:05d}.arrayrecord, each holding --records_per_shard input rows
+(in input order; the training pipeline shuffles globally), with a {shard}.json of its
+counts beside it, and {output}-summary.json at the end. Shards are written in parallel
+(--processes) to a temporary name and renamed when complete, so a rerun after a crash or
+Ctrl-C skips finished shards and redoes only the others (same --input and
+--records_per_shard give the same shard boundaries).
+
+Rows that cannot be used are skipped and counted by reason: missing or unreadable image,
+empty or non-UTF-8 caption, a sample without an image or caption, a truncated tar member.
+--max_image_size N re-encodes (JPEG, quality 95) images whose longer side exceeds N.
+"""
+
+import argparse
+import collections
+import io
+import json
+import multiprocessing
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from xmodal.data import manifest, sources  # noqa: E402
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+class FolderSource:
+  """Images under a folder, each with a same-name .txt caption file (and optional .json)."""
+
+  def __init__(self, folder: str):
+    folder = os.path.expanduser(folder)
+    if not os.path.isdir(folder):
+      raise sources.SourceError(f"folder {folder!r} does not exist")
+    self.images = sorted(
+        os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+        if name.lower().endswith(IMAGE_SUFFIXES))
+    if not self.images:
+      raise sources.SourceError(f"no image ({', '.join(IMAGE_SUFFIXES)}) under {folder!r}")
+
+  def __len__(self):
+    return len(self.images)
+
+  def __getitem__(self, i):
+    path = self.images[i]
+    stem = os.path.splitext(path)[0]
+    try:
+      with open(stem + ".txt", "rb") as f:
+        text = f.read()
+    except OSError:
+      return {"_bad": f"no caption: {stem}.txt missing"}
+    label = -1
+    if os.path.exists(stem + ".json"):
+      try:
+        with open(stem + ".json") as f:
+          label = int(json.load(f).get("label", -1))
+      except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    try:
+      lines = [line for line in text.decode("utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+      lines = text                      # left as bytes: the row is counted as non-UTF-8
+    return {"image": path, "caption": lines, "label": label,
+            "key": os.path.relpath(stem, os.path.dirname(self.images[0]))}
+
+
+def open_input(spec: str, args):
+  kind, _, pattern = spec.partition(":")
+  if kind == "folder":
+    return FolderSource(pattern)
+  if kind == "manifest":
+    return manifest.ManifestSource(pattern, args.image_key, args.caption_key, args.label_key)
+  if kind == "webdataset":
+    return sources.WebDatasetSource(pattern, args.caption_key, args.label_key)
+  raise SystemExit(f"--input: expected folder:PATH, manifest:PATTERN or webdataset:PATTERN, "
+                   f"got {spec!r}")
+
+
+def clean_captions(caption):
+  """-> (str or [str], None) or (None, reason)."""
+  items = caption if isinstance(caption, (list, tuple)) else [caption]
+  good, why = [], "empty caption"
+  for c in items:
+    if isinstance(c, bytes):
+      try:
+        c = c.decode("utf-8")
+      except UnicodeDecodeError:
+        why = "caption not UTF-8"
+        continue
+    if isinstance(c, str) and c.strip():
+      good.append(c.strip())
+  if not good:
+    return None, why
+  return (good[0] if len(good) == 1 else good), None
+
+
+def load_image(image, max_size: int) -> tuple[bytes | None, str | None]:
+  """-> (encoded bytes, None) or (None, reason). Re-encodes if larger than max_size."""
+  from PIL import Image
+  try:
+    data = sources.image_bytes(image)
+  except OSError:
+    return None, "missing image file"
+  try:
+    img = Image.open(io.BytesIO(data))
+    if img.format not in ("JPEG", "PNG", "WEBP"):
+      return None, f"unsupported image format {img.format}"
+    if max_size and max(img.size) > max_size:
+      img.draft("RGB", (max_size, max_size))
+      img = img.convert("RGB")
+      img.thumbnail((max_size, max_size), Image.BICUBIC)
+      buf = io.BytesIO()
+      img.save(buf, "JPEG", quality=95)
+      data = buf.getvalue()
+    else:
+      img.verify()                       # checks the file's structure without decoding
+  except Exception:  # PIL raises many types for broken files.
+    return None, "unreadable image"
+  return data, None
+
+
+_SOURCE = None
+
+
+def _init_worker(source):
+  global _SOURCE
+  _SOURCE = source
+
+
+def shard_name(output: str, i: int, n: int) -> str:
+  return f"{output}-{i:05d}-of-{n:05d}.arrayrecord"
+
+
+def write_shard(task) -> dict:
+  """Writes shard i (rows start..end) via a temporary file; returns its counts."""
+  from array_record.python import array_record_module
+  i, n, start, end, output, max_size = task
+  final = shard_name(output, i, n)
+  tmp = final + ".tmp"
+  written, skipped, examples = 0, collections.Counter(), []
+  writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+  try:
+    for row in range(start, end):
+      rec = _SOURCE[row]
+      reason = None
+      if "_bad" in rec:
+        reason = ("truncated tar member" if "cut short" in rec["_bad"] else
+                  "no image in sample" if "no image" in rec["_bad"] else
+                  "no caption" if "no caption" in rec["_bad"] else "unreadable row")
+        detail = rec["_bad"]
+      else:
+        caption, reason = clean_captions(rec["caption"])
+        if reason is None:
+          image, reason = load_image(rec["image"], max_size)
+        detail = f"row {row}: {rec['image'] if isinstance(rec['image'], str) else ''}"
+      if reason:
+        skipped[reason] += 1
+        if len(examples) < 5:
+          examples.append(f"{reason}: {detail}")
+        continue
+      writer.write(sources.encode_record(image, caption, rec.get("label", -1),
+                                         key=str(rec.get("key", row))))
+      written += 1
+  finally:
+    writer.close()
+  stats = {"shard": os.path.basename(final), "rows": end - start, "written": written,
+           "skipped": dict(skipped), "skip_examples": examples}
+  with open(final + ".json", "w") as f:
+    json.dump(stats, f, indent=1)
+  os.replace(tmp, final)                 # the shard exists only once it is complete
+  return stats
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--input", required=True, help="folder:PATH | manifest:PATTERN | "
+                      "webdataset:PATTERN")
+  parser.add_argument("--output", required=True, help="output prefix, e.g. /data/ar/train")
+  parser.add_argument("--records_per_shard", type=int, default=10_000)
+  parser.add_argument("--processes", type=int, default=os.cpu_count())
+  parser.add_argument("--max_image_size", type=int, default=0, help="0 = keep as stored")
+  parser.add_argument("--image_key", default="image")
+  parser.add_argument("--caption_key", default="caption")
+  parser.add_argument("--label_key", default="label")
+  args = parser.parse_args(argv)
+
+  t0 = time.time()
+  source = open_input(args.input, args)
+  total = len(source)
+  n = max(1, -(-total // args.records_per_shard))
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  tasks, done = [], []
+  for i in range(n):
+    start, end = i * args.records_per_shard, min(total, (i + 1) * args.records_per_shard)
+    final = shard_name(args.output, i, n)
+    if os.path.exists(final) and os.path.exists(final + ".json"):
+      with open(final + ".json") as f:
+        done.append(json.load(f))
+    else:
+      tasks.append((i, n, start, end, args.output, args.max_image_size))
+  print(f"{args.input}: {total} rows -> {n} shards of <= {args.records_per_shard}; "
+        f"{len(done)} already done, {len(tasks)} to write with {args.processes} processes",
+        flush=True)
+  results = list(done)
+  if tasks:
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(max(1, min(args.processes, len(tasks))), initializer=_init_worker,
+                  initargs=(source,)) as pool:
+      rows_done = 0
+      for k, stats in enumerate(pool.imap_unordered(write_shard, tasks), 1):
+        results.append(stats)
+        rows_done += stats["rows"]
+        rate = rows_done / max(time.time() - t0, 1e-9)
+        print(f"[{k}/{len(tasks)}] {stats['shard']}: {stats['written']} written, "
+              f"{sum(stats['skipped'].values())} skipped ({rate:.0f} rows/s)", flush=True)
+  skipped = collections.Counter()
+  for s in results:
+    skipped.update(s["skipped"])
+  summary = {"input": args.input, "rows": total, "shards": n,
+             "written": sum(s["written"] for s in results), "skipped": dict(skipped),
+             "skip_examples": [e for s in results for e in s["skip_examples"]][:20],
+             "seconds": round(time.time() - t0, 1), "format": sources.RECORD_FORMAT}
+  with open(f"{args.output}-summary.json", "w") as f:
+    json.dump(summary, f, indent=1)
+  print(f"done: {summary['written']} records in {n} shards, {sum(skipped.values())} rows "
+        f"skipped in {summary['seconds']} s", flush=True)
+  for reason, count in skipped.most_common():
+    print(f"  skipped {count:>8}  {reason}")
+  for example in summary["skip_examples"][:5]:
+    print(f"    e.g. {example}")
+  return summary
+
+
+if __name__ == "__main__":
+  main()
