@@ -15,7 +15,7 @@ from xmodal import default_config
 
 CHOICES = {
     "loss.name": ("softmax", "sigmoid"),
-    "loss.impl": ("dense", "gathered"),
+    "loss.impl": ("dense", "gathered", "ring"),
     "model.compute_dtype": ("float32", "bfloat16"),
     "data.source": ("shapes", "manifest"),
     "data.tokenizer": ("bytes",),
