@@ -124,6 +124,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
       eval_every=250,                  # 0 = only at the end
       checkpoint_every=250,
       keep_checkpoints=2,
+      microbatches=1,                  # >1: GradCache, K micro-batches per device shard, same
+                                       # gradient with one micro-batch's activations alive
   ))
 
   config.eval = ConfigDict(dict(
