@@ -184,6 +184,7 @@ def test_ring_memory_does_not_grow_with_ring_length(name):
   ring2, ring8 = _temp_bytes(name, "ring", 2, local), _temp_bytes(name, "ring", 8, local)
   gathered8 = _temp_bytes(name, "gathered", 8, local)
   assert ring8 <= ring2 * 1.05 + 4096, (ring2, ring8)
-  bound = 4 * (3 * local * 32 + local * 64) * 2     # embeddings, grads, block, two tiles
+  # y block and dy accumulator, each with its ppermute receive buffer, one tile, slack
+  bound = 1.1 * 4 * (4 * local * 32 + local * 64) + 16384
   assert ring8 <= bound, (ring8, bound)
   assert ring8 < gathered8, (ring8, gathered8)

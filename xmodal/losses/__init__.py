@@ -12,7 +12,7 @@ x_all, y_all [B, D], whose positives sit at columns offset..offset+b. Two implem
   ring      inside `shard_map`: blocks of y pass around the devices of the batch axes with
             `ppermute` and are scored tile by tile (`config.loss.tile_size` columns) with
             running log-sum-exp / sums and a recomputing custom VJP (losses/ring.py).
-            Memory: the local embeddings plus one [b, tile_size] tile, at any global batch.
+            Memory: a few [b, D] blocks plus one [b, tile_size] tile, at any global batch.
 
 `make_objective(config, mesh)` sums the chosen loss over modality pairs (every pair of towers
 unless `config.loss.pairs` says otherwise) and returns their mean.
