@@ -83,20 +83,22 @@ def test_ring_with_model_axis_and_odd_tiles(name):
 
 
 @pytest.mark.parametrize("name", ["softmax", "sigmoid"])
-@pytest.mark.parametrize("n", [1, 8])
-def test_ring_matches_dense_bf16(name, n):
-  """bf16 embeddings: ring (float32 accumulation) vs dense on the same values in float32."""
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_sharded_impls_match_dense_bf16(name, n):
+  """bf16 embeddings: ring (float32 accumulation) vs dense on the same values in float32;
+  gathered (bf16 logits, like dense on bf16) vs dense on bf16; both to 1e-2."""
   mesh = _mesh(MESHES[n])
   x, y, scale, bias = _inputs(7)
   xb, yb = x.astype(jnp.bfloat16), y.astype(jnp.bfloat16)
-  want = _value_and_grads(lambda *a: losses.dense_loss(name, *a), xb.astype(jnp.float32),
-                          yb.astype(jnp.float32), scale, bias)
+  dense = lambda *a: losses.dense_loss(name, *a)
+  want32 = _value_and_grads(dense, xb.astype(jnp.float32), yb.astype(jnp.float32), scale, bias)
   got = _value_and_grads(ring.ring_loss(name, mesh, tile_size=3), xb, yb, scale, bias)
   assert got[1][0].dtype == jnp.bfloat16 and got[1][1].dtype == jnp.bfloat16
-  _assert_close(got, want, 1e-2, "bf16")
-  # and the dense loss computed in bf16 itself agrees to bf16 precision
-  dense_bf16 = losses.dense_loss(name, xb, yb, scale, bias)
-  assert _rel(got[0], dense_bf16) <= 1e-2
+  _assert_close(got, want32, 1e-2, "ring bf16")
+  want16 = _value_and_grads(dense, xb, yb, scale, bias)
+  _assert_close(got, want16, 1e-2, "ring vs dense bf16")
+  gathered = _value_and_grads(losses.pair_loss_fn(name, "gathered", mesh), xb, yb, scale, bias)
+  _assert_close(gathered, want16, 1e-2, "gathered bf16")
 
 
 def _brute_force(name, x, y, scale, bias, ids):
@@ -140,6 +142,25 @@ def test_ring_multi_positive_matches_dense(name, n):
   f = ring.ring_loss(name, mesh, tile_size=3)
   got = _value_and_grads(lambda *a: f(*a, ids=ids), x, y, scale, bias)
   _assert_close(got, want, 1e-5, "ids")
+
+
+def _soft_weights(row_ids, col_ids):
+  """Soft targets: 1 for the same id, 0.25 for neighbouring ids (symmetric)."""
+  d = jnp.abs(row_ids[:, None] - col_ids[None, :])
+  return jnp.where(d == 0, 1.0, jnp.where(d == 1, 0.25, 0.0))
+
+
+@pytest.mark.parametrize("name", ["softmax", "sigmoid"])
+def test_ring_soft_targets_match_dense(name):
+  mesh = _mesh(MESHES[4])
+  x, y, scale, bias = _inputs(9)
+  ids = jnp.asarray(np.random.RandomState(1).randint(0, 12, BATCH), jnp.int32)
+  want = _value_and_grads(
+      lambda *a: targets.dense_loss_with_ids(name, *a, ids=ids, weight_fn=_soft_weights),
+      x, y, scale, bias)
+  f = ring.ring_loss(name, mesh, tile_size=7, weight_fn=_soft_weights)
+  got = _value_and_grads(lambda *a: f(*a, ids=ids), x, y, scale, bias)
+  _assert_close(got, want, 1e-5, "soft")
 
 
 def test_ring_objective_from_config():
