@@ -199,12 +199,13 @@ def _temp_bytes(name, impl, n, local, tile=64, dim=32):
 
 @pytest.mark.parametrize("name", ["softmax", "sigmoid"])
 def test_ring_memory_does_not_grow_with_ring_length(name):
-  """Same per-device batch on 2 and 8 devices: the ring's temp memory stays flat, the
-  gathered [b, B] block grows 4x."""
+  """Same per-device batch on 4 and 8 devices: the ring's temp memory stays flat, the
+  gathered [b, B] block grows 2x. (On 2 devices XLA unrolls the one-trip ring loop and
+  lays buffers out differently, so that count is not compared.)"""
   local = 256
-  ring2, ring8 = _temp_bytes(name, "ring", 2, local), _temp_bytes(name, "ring", 8, local)
+  ring4, ring8 = _temp_bytes(name, "ring", 4, local), _temp_bytes(name, "ring", 8, local)
   gathered8 = _temp_bytes(name, "gathered", 8, local)
-  assert ring8 <= ring2 * 1.05 + 4096, (ring2, ring8)
+  assert ring8 <= ring4 * 1.05 + 4096, (ring4, ring8)
   # y block and dy accumulator, each with its ppermute receive buffer, and a few [b, tile]
   # temporaries (logits, probabilities, gradient), plus slack for [b] statistics
   bound = 4 * (4 * local * 32 + 3 * local * 64) + 16384

@@ -2,7 +2,7 @@
 
 Each loss module (`softmax`, `sigmoid`) provides `row_sum(x, y, x_all, y_all, offset, scale,
 bias)`: the loss summed over a block of local rows x, y [b, D] scored against all rows
-x_all, y_all [B, D], whose positives sit at columns offset..offset+b. Two implementations
+x_all, y_all [B, D], whose positives sit at columns offset..offset+b. Three implementations
 (`config.loss.impl`) turn it into a mean over the global batch:
 
   dense     every row on one device: row_sum(x, y, x, y, 0, ...) / B (the reference).
