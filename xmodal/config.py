@@ -14,7 +14,7 @@ from xmodal import default_config
 
 CHOICES = {
     "loss.name": ("softmax", "sigmoid"),
-    "loss.impl": ("dense", "gathered"),
+    "loss.impl": ("dense", "gathered", "ring"),
     "model.compute_dtype": ("float32", "bfloat16"),
     "data.source": ("shapes", "manifest", "webdataset", "arrayrecord", "tfds", "mixture"),
     "data.eval_source": ("", "shapes", "manifest", "webdataset", "arrayrecord", "tfds"),
@@ -181,6 +181,12 @@ def validate(config, num_devices: int) -> None:
     raise ConfigError(
         f"config.batch_size: {config.batch_size} is not divisible by the {batch_shards} "
         f"batch shards (mesh data={shape['data']} x fsdp={shape['fsdp']}, {num_devices} devices)")
+  _positive(config, "train.microbatches", "loss.tile_size")
+  per_shard = config.batch_size // batch_shards
+  if per_shard % config.train.microbatches:
+    raise ConfigError(
+        f"config.train.microbatches: {config.train.microbatches} does not divide the batch per "
+        f"shard {per_shard} (batch_size {config.batch_size} over {batch_shards} batch shards)")
   if config.eval.batch_size % batch_shards:
     raise ConfigError(
         f"config.eval.batch_size: {config.eval.batch_size} is not divisible by the "

@@ -90,7 +90,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
   config.loss = ConfigDict(dict(
       name="softmax",                  # "softmax" (CLIP / InfoNCE) or "sigmoid" (SigLIP)
-      impl="gathered",                 # "gathered" (sharded, all devices' negatives) or "dense"
+      impl="gathered",                 # "gathered" (sharded, all devices' negatives), "dense"
+                                       # or "ring" (blocks passed around the devices, tiled)
+      tile_size=256,                   # ring: columns scored per tile (any value; need not
+                                       # divide the per-device batch); memory ~ b x tile_size
       pairs=(),                        # ("image:text", ...); empty = every pair of towers
       init_scale=0.0,                  # 0 = loss default: 1/0.07 (softmax), 10 (sigmoid)
       init_bias=0.0,                   # sigmoid only; 0 = loss default -10
@@ -154,6 +157,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
       eval_every=250,                  # 0 = only at the end
       checkpoint_every=250,
       keep_checkpoints=2,
+      microbatches=1,                  # >1: GradCache, K micro-batches per device shard, same
+                                       # gradient with one micro-batch's activations alive
   ))
 
   config.eval = ConfigDict(dict(

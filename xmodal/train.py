@@ -15,20 +15,26 @@ import numpy as np
 import optax
 
 from xmodal import checkpoint, config as config_lib, embed, evaluate, losses, metrics as metrics_lib
-from xmodal import optim, parallel, sharding
+from xmodal import microbatch, optim, parallel, sharding
 from xmodal.data import pipeline
 from xmodal.models import model as model_lib
 
 
-def make_train_step(model, tx, objective, schedule):
-  """state {params, opt_state, step}, batch {modality: [B, ...]} -> (new state, metrics)."""
+def make_train_step(model, tx, objective, schedule, microbatches: int = 1):
+  """state {params, opt_state, step}, batch {modality: [B, ...]} -> (new state, metrics).
+  microbatches > 1: the same gradient, one micro-batch's activations at a time
+  (`config.train.microbatches`, see microbatch.py)."""
 
   def train_step(state, batch):
     def loss_fn(params):
       embeddings = model.apply({"params": params}, batch)
       return objective(params, embeddings)
 
-    (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    if microbatches > 1:
+      grad_fn = microbatch.value_and_grad(model, objective, microbatches)
+      (loss, per_pair), grads = grad_fn(state["params"], batch)
+    else:
+      (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     step_metrics = {"loss": loss, **per_pair, "grad_norm": optax.tree.norm(grads),
@@ -141,7 +147,8 @@ def _train(config, workdir: str, mesh) -> dict:
 
   # ---------------------------------------------------------------- step
   batch_sharding = parallel.batch_sharding(mesh)
-  step_fn = jax.jit(make_train_step(model, tx, objective, schedule),
+  step_fn = jax.jit(make_train_step(model, tx, objective, schedule,
+                                    config.train.microbatches),
                     in_shardings=(state_sharding, {image_key: batch_sharding,
                                                    text_key: batch_sharding}),
                     out_shardings=(state_sharding, parallel.replicated(mesh)),

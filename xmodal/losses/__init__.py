@@ -2,13 +2,17 @@
 
 Each loss module (`softmax`, `sigmoid`) provides `row_sum(x, y, x_all, y_all, offset, scale,
 bias)`: the loss summed over a block of local rows x, y [b, D] scored against all rows
-x_all, y_all [B, D], whose positives sit at columns offset..offset+b. Two implementations
+x_all, y_all [B, D], whose positives sit at columns offset..offset+b. Three implementations
 (`config.loss.impl`) turn it into a mean over the global batch:
 
   dense     every row on one device: row_sum(x, y, x, y, 0, ...) / B (the reference).
   gathered  inside `shard_map`: each device all-gathers the other modality from every device
             of the batch axes (data x fsdp), scores its b local rows against all B rows with
             labels offset by its position, and the sums are psum'd. Memory: a [b, B] block.
+  ring      inside `shard_map`: blocks of y pass around the devices of the batch axes with
+            `ppermute` and are scored tile by tile (`config.loss.tile_size` columns) with
+            running log-sum-exp / sums and a recomputing custom VJP (losses/ring.py).
+            Memory: a few [b, D] blocks plus one [b, tile_size] tile, at any global batch.
 
 `make_objective(config, mesh)` sums the chosen loss over modality pairs (every pair of towers
 unless `config.loss.pairs` says otherwise) and returns their mean.
@@ -22,14 +26,17 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from xmodal import config as config_lib
-from xmodal.losses import sigmoid, softmax
+from xmodal.losses import ring, sigmoid, softmax, targets
 
 LOSSES = {"softmax": softmax, "sigmoid": sigmoid}
 BATCH_AXES = ("data", "fsdp")
 
 
-def dense_loss(name: str, x, y, scale, bias=0.0):
-  """Reference: x, y [B, D] on one device -> scalar mean loss."""
+def dense_loss(name: str, x, y, scale, bias=0.0, ids=None):
+  """Reference: x, y [B, D] on one device -> scalar mean loss. ids [B]: optional group ids
+  (rows with equal ids are positives; see losses/targets.py)."""
+  if ids is not None:
+    return targets.dense_loss_with_ids(name, x, y, scale, bias, ids)
   return LOSSES[name].row_sum(x, y, x, y, 0, scale, bias) / x.shape[0]
 
 
@@ -50,12 +57,15 @@ def gathered_loss(name: str, mesh, axes=BATCH_AXES) -> Callable:
                        out_specs=P())
 
 
-def pair_loss_fn(name: str, impl: str, mesh) -> Callable:
-  """f(x, y, scale, bias) -> scalar mean loss, for `config.loss.impl`."""
+def pair_loss_fn(name: str, impl: str, mesh, tile_size: int = 256) -> Callable:
+  """f(x, y, scale, bias) -> scalar mean loss, for `config.loss.impl`. `tile_size`: columns
+  per tile of the ring implementation (ignored by the others)."""
   if impl == "dense":
     return lambda x, y, scale, bias: dense_loss(name, x, y, scale, bias)
   if impl == "gathered":
     return gathered_loss(name, mesh)
+  if impl == "ring":
+    return ring.ring_loss(name, mesh, tile_size=tile_size, axes=BATCH_AXES)
   raise ValueError(f"config.loss.impl: unknown implementation {impl!r}")
 
 
@@ -66,7 +76,8 @@ def make_objective(config, mesh) -> Callable:
   {modality: [B, D]} unit vectors.
   """
   pairs = config_lib.loss_pairs(config)
-  pair_loss = pair_loss_fn(config.loss.name, config.loss.impl, mesh)
+  pair_loss = pair_loss_fn(config.loss.name, config.loss.impl, mesh,
+                           tile_size=config.loss.tile_size)
   max_log_scale = jnp.log(config.loss.max_scale)
 
   def objective(params, embeddings):

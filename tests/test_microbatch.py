@@ -1,0 +1,136 @@
+"""The micro-batched (GradCache) train step equals the full-batch step: same loss, same
+gradient, same params after one update."""
+
+import os
+
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from xmodal import config as config_lib, default_config, losses, microbatch, optim  # noqa: E402
+from xmodal import parallel, train  # noqa: E402
+from xmodal.models import model as model_lib  # noqa: E402
+
+
+def _config(**overrides):
+  c = default_config.get_config()
+  c.data.image_size = 16
+  c.towers.image.patch_size = 8
+  for tower in c.towers.values():
+    tower.width, tower.depth, tower.num_heads = 32, 1, 2
+  c.model.embed_dim = 32
+  c.data.context_length = 12
+  c.batch_size = 32
+  c.eval.batch_size = 64
+  c.optim.warmup_steps = 0
+  c.train.total_steps = 10
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c
+
+
+def _batch(config, seed=0):
+  rng = np.random.RandomState(seed)
+  b, s = config.batch_size, config.data.image_size
+  return {"image": rng.randint(0, 256, (b, s, s, 3)).astype(np.uint8),
+          "text": rng.randint(1, 200, (b, config.data.context_length)).astype(np.int32)}
+
+
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+def _step_results(config, devices, microbatches):
+  mesh = parallel.make_mesh(config, devices)
+  model = model_lib.MultiTower(config)
+  tx = optim.make_optimizer(config)
+  objective = losses.make_objective(config, mesh)
+  state = train.init_state_fn(model, tx, config)(jax.random.key(0))
+  state = jax.device_put(state, parallel.replicated(mesh))
+  batch = jax.device_put(_batch(config), parallel.batch_sharding(mesh))
+  step = train.make_train_step(model, tx, objective, optim.schedule(config), microbatches)
+  grad_fn = (microbatch.value_and_grad(model, objective, microbatches) if microbatches > 1 else
+             lambda p, b: jax.value_and_grad(
+                 lambda p: objective(p, model.apply({"params": p}, b)), has_aux=True)(p))
+
+  @jax.jit
+  def step_and_grads(state, batch):   # one compilation for both
+    (loss, _), grads = grad_fn(state["params"], batch)
+    new_state, metrics = step(state, batch)
+    return new_state["params"], metrics, loss, grads
+
+  return step_and_grads(state, batch)
+
+
+@pytest.mark.parametrize("loss_name,impl,n,k", [
+    ("softmax", "gathered", 4, 4),
+    ("softmax", "ring", 8, 2),
+    ("sigmoid", "ring", 2, 8),
+])
+def test_microbatched_step_equals_full_batch(loss_name, impl, n, k):
+  if len(jax.devices()) < n:
+    pytest.skip(f"needs {n} devices")
+  config = _config(**{"loss.name": loss_name, "loss.impl": impl, "loss.tile_size": 3,
+                      "mesh.data": n})
+  config_lib.validate(config, n)
+  devices = jax.devices()[:n]
+  full_params, full_metrics, full_loss, full_grads = _step_results(config, devices, 1)
+  mb_params, mb_metrics, mb_loss, mb_grads = _step_results(config, devices, k)
+  np.testing.assert_allclose(mb_loss, full_loss, rtol=1e-6)
+  np.testing.assert_allclose(mb_metrics["loss"], full_metrics["loss"], rtol=1e-6)
+  for path, g in jax.tree_util.tree_leaves_with_path(full_grads):
+    g_mb = _get(mb_grads, path)
+    assert _rel(g_mb, g) <= 1e-5, (jax.tree_util.keystr(path), _rel(g_mb, g))
+  # Params after one AdamW step. Adam's first update is ~ lr * g / (|g| + eps) per element,
+  # which amplifies float summation-order noise on near-zero gradients; so the per-element
+  # bound is a small fraction of one step (lr), and the update as a whole must agree to 1e-3
+  # (the gradients themselves agree to 1e-5, checked above).
+  lr = float(optim.schedule(config)(0))
+  old = jax.device_get(_initial_params(config))
+  for path, p in jax.tree_util.tree_leaves_with_path(full_params):
+    p_mb, p0 = np.asarray(_get(mb_params, path)), np.asarray(_get(old, path))
+    np.testing.assert_allclose(p_mb, p, rtol=1e-5, atol=1e-2 * lr,
+                               err_msg=jax.tree_util.keystr(path))
+    assert _rel(p_mb - p0, np.asarray(p) - p0) <= 1e-3, (jax.tree_util.keystr(path),
+                                                         _rel(p_mb - p0, np.asarray(p) - p0))
+
+
+def _initial_params(config):
+  model = model_lib.MultiTower(config)
+  return model_lib.unbox(model.init(jax.random.key(0), model_lib.dummy_inputs(config))["params"])
+
+
+def _get(tree, path):
+  for key in path:
+    tree = tree[key.key]
+  return tree
+
+
+def test_split_merge_roundtrip_keeps_row_order():
+  x = {"a": jnp.arange(24).reshape(12, 2)}
+  parts = microbatch.split(x, 3)
+  assert parts["a"].shape == (3, 4, 2)
+  np.testing.assert_array_equal(parts["a"][1, :, 0], [2, 8, 14, 20])   # rows 1, 4, 7, 10
+  np.testing.assert_array_equal(microbatch.merge(parts)["a"], x["a"])
+
+
+def test_config_rejects_microbatches_not_dividing_shard():
+  c = _config(**{"train.microbatches": 3, "mesh.data": 4})   # 32 / 4 = 8 rows per shard
+  with pytest.raises(config_lib.ConfigError, match="config.train.microbatches"):
+    config_lib.validate(c, 4)
+  c.train.microbatches = 0
+  with pytest.raises(config_lib.ConfigError, match="config.train.microbatches"):
+    config_lib.validate(c, 4)
+  c.train.microbatches = 8
+  config_lib.validate(c, 4)

@@ -1,0 +1,49 @@
+"""Which pairs are positives: the extension point shared by the dense and tiled losses.
+
+By default row i's only positive is column i (its own pair). With integer group ids
+`ids [B]`, every pair whose ids are equal is a positive (several captions of one image,
+several views of one object, ...). More generally a `weight_fn(row_ids, col_ids) -> [r, c]`
+float in [0, 1] gives per-pair soft targets; it is evaluated tile by tile in the ring
+implementation, so it must be a pure function of the two id blocks, and symmetric
+(`weight_fn(a, b) == weight_fn(b, a).T`) because the softmax loss uses it in both directions.
+
+With targets w_ij:
+
+  softmax  row i (x->y):   lse_j(S_ij) - sum_j w_ij S_ij / sum_j w_ij    (likewise y->x over
+           columns); with w = identity this is the usual cross-entropy, with equal ids it
+           is the cross-entropy against the uniform distribution over the row's positives.
+  sigmoid  pair (i, j):    softplus(l_ij) - w_ij l_ij = -w log sig(l) - (1 - w) log sig(-l);
+           with w in {0, 1} it is the usual SigLIP term.
+
+`dense_loss_with_ids` materialises the whole [B, B] matrix: the reference for tests.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def same_id(row_ids, col_ids):
+  """Default weight_fn: 1 where the group ids are equal, else 0. -> float32 [r, c]."""
+  return (row_ids[:, None] == col_ids[None, :]).astype(jnp.float32)
+
+
+def _logits(x, y, scale):
+  dots = jnp.matmul(x, y.T, preferred_element_type=jnp.float32)
+  return scale * dots
+
+
+def dense_loss_with_ids(name: str, x, y, scale, bias=0.0, ids=None, weight_fn=same_id):
+  """Reference on one device: x, y [B, D], ids [B] (None = arange) -> scalar mean loss."""
+  batch = x.shape[0]
+  ids = jnp.arange(batch) if ids is None else ids
+  w = weight_fn(ids, ids)
+  logits = _logits(x, y, scale)
+  if name == "softmax":
+    def direction(s, w):
+      pos = jnp.sum(w * s, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1e-30)
+      return jnp.sum(jax.nn.logsumexp(s, axis=1) - pos)
+    return 0.5 * (direction(logits, w) + direction(logits.T, w.T)) / batch
+  if name == "sigmoid":
+    logits = logits + bias
+    return jnp.sum(jax.nn.softplus(logits) - w * logits) / batch
+  raise ValueError(f"unknown loss {name!r}")

@@ -1,0 +1,75 @@
+"""Micro-batched loss and gradient (GradCache): a contrastive batch larger than the
+towers' activations allow, with exactly the full-batch gradient.
+
+`config.train.microbatches = K` splits every device's rows into K micro-batches. Then:
+
+  1. embed: a `lax.map` over the K micro-batches runs the towers forward only, so no
+     activation is kept; the embeddings of the whole global batch are assembled ([B, D]
+     per modality, a few MB even at large B).
+  2. loss: the objective and its gradient w.r.t. every embedding (and the loss's own
+     params, `logit_scale` / `logit_bias`) are computed once, over the full global batch:
+     every row still sees all B - 1 negatives.
+  3. back-propagate: a `lax.scan` over the micro-batches recomputes each one's forward
+     under `jax.vjp` and pulls its slice of the embedding gradient back to the params,
+     summing. Only one micro-batch's activations are alive at a time.
+
+The parameter gradient equals the full-batch one up to float summation order; the cost
+is one extra forward of the towers.
+
+Micro-batch k takes rows k, k + K, k + 2K, ... of the global batch (a reshape [B, ...] ->
+[B/K, K, ...] and a slice of the unsharded K axis), so when the batch is split over the
+devices in contiguous blocks whose size K divides, every device takes its own rows:
+no data moves between devices.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def split(tree, k: int):
+  """{m: [B, ...]} -> {m: [K, B/K, ...]}; micro-batch j holds rows j, j + K, ..."""
+  def one(a):
+    a = a.reshape((a.shape[0] // k, k) + a.shape[1:])
+    return jnp.moveaxis(a, 1, 0)
+  return jax.tree.map(one, tree)
+
+
+def merge(tree):
+  """Inverse of `split`: {m: [K, B/K, ...]} -> {m: [B, ...]} in the original row order."""
+  def one(a):
+    a = jnp.moveaxis(a, 0, 1)
+    return a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
+  return jax.tree.map(one, tree)
+
+
+def value_and_grad(model, objective: Callable, microbatches: int) -> Callable:
+  """Returns f(params, batch) -> ((loss, aux), grads), like
+  `jax.value_and_grad(lambda p: objective(p, model.apply({"params": p}, batch)),
+  has_aux=True)`, but holding one micro-batch's activations at a time."""
+
+  def embed(params, inputs):
+    return model.apply({"params": params}, inputs)
+
+  def f(params, batch):
+    chunks = split(batch, microbatches)
+    # 1. Forward only: nothing is differentiated here, so no activations are saved.
+    embeddings = merge(lax.map(lambda c: embed(params, c), chunks))
+    # 2. The loss over the full global batch, and its gradient w.r.t. every embedding.
+    (loss, aux), (loss_param_grads, emb_grads) = jax.value_and_grad(
+        objective, argnums=(0, 1), has_aux=True)(params, embeddings)
+    emb_grads = split(emb_grads, microbatches)
+
+    # 3. Recompute each micro-batch's forward and pull its embedding gradient back.
+    def backprop(acc, chunk_and_grad):
+      chunk, grad = chunk_and_grad
+      _, pull = jax.vjp(lambda p: embed(p, chunk), params)
+      (g,) = pull(grad)
+      return jax.tree.map(jnp.add, acc, g), None
+
+    grads, _ = lax.scan(backprop, loss_param_grads, (chunks, emb_grads))
+    return (loss, aux), grads
+
+  return f
