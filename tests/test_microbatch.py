@@ -13,30 +13,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from xmodal import config as config_lib, default_config, losses, microbatch, optim  # noqa: E402
+from tiny import make_tiny_config  # noqa: E402
+from xmodal import config as config_lib, losses, microbatch, optim  # noqa: E402
 from xmodal import parallel, train  # noqa: E402
 from xmodal.models import model as model_lib  # noqa: E402
 
 
 def _config(**overrides):
-  c = default_config.get_config()
-  c.data.image_size = 16
-  c.towers.image.patch_size = 8
-  for tower in c.towers.values():
-    tower.width, tower.depth, tower.num_heads = 32, 1, 2
-  c.model.embed_dim = 32
-  c.data.context_length = 12
-  c.batch_size = 32
-  c.eval.batch_size = 64
-  c.optim.warmup_steps = 0
-  c.train.total_steps = 10
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
+  return make_tiny_config(**{"data.context_length": 12, "optim.warmup_steps": 0,
+                             "train.total_steps": 10, **overrides})
 
 
 def _batch(config, seed=0):

@@ -254,7 +254,20 @@ def decode_record(data: bytes) -> dict:
           "label": int(record.get("label", -1))}
 
 
-class ArrayRecordSource:
+class _LazySource:
+  """A source whose reader (`self._source`) opens on first use in each process: pickling
+  (to grain worker processes) drops it; `self._length` is fixed at construction."""
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_source"] = None
+    return state
+
+  def __len__(self) -> int:
+    return self._length
+
+
+class ArrayRecordSource(_LazySource):
   """ArrayRecord shards of "xmodal record v1" records (see the module docstring).
 
   Shards that cannot be opened (truncated, not ArrayRecord) are skipped with a warning and
@@ -285,14 +298,6 @@ class ArrayRecordSource:
       import grain
       self._source = grain.sources.ArrayRecordDataSource(self.paths)
     return self._source
-
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state["_source"] = None
-    return state
-
-  def __len__(self) -> int:
-    return self._length
 
   def __getitem__(self, index: int) -> dict:
     try:
@@ -326,7 +331,7 @@ def _lookup(example, path: str):
   return example
 
 
-class TfdsSource:
+class TfdsSource(_LazySource):
   """A tensorflow-datasets build read through `tfds.data_source` (ArrayRecord builds only;
   no TensorFlow needed). `keys` maps roles to feature paths ("/" for nested features). The
   image feature is not decoded by tfds (SkipDecoding), so the pipeline decodes the JPEG
@@ -351,14 +356,6 @@ class TfdsSource:
       self._source = tfds.data_source(self.name, split=self.split, data_dir=self.data_dir,
                                       decoders=decoders)
     return self._source
-
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state["_source"] = None
-    return state
-
-  def __len__(self) -> int:
-    return self._length
 
   def __getitem__(self, index: int) -> dict:
     try:
