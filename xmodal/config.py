@@ -20,9 +20,12 @@ CHOICES = {
     "data.source": ("shapes", "manifest"),
     "data.tokenizer": ("bytes",),
 }
+_COMMON_CHOICES = {"act": ("gelu_tanh", "gelu", "quick_gelu", "relu"),
+                   "remat": ("none", "full", "dots"), "head": ("linear", "none")}
 TOWER_CHOICES = {
-    "vit": {"pool": ("gap", "cls")},
-    "text": {"pool": ("eot", "mean", "first")},
+    "vit": {"pool": ("gap", "cls", "map"), "pos_embed": ("learned", "sincos2d", "none"),
+            **_COMMON_CHOICES},
+    "text": {"pool": ("eot", "argmax", "last", "mean", "first"), **_COMMON_CHOICES},
 }
 
 
@@ -118,15 +121,28 @@ def validate(config, num_devices: int) -> None:
           f"config.towers.{modality}.kind: unknown tower kind {kind!r}; known: "
           f"{sorted(default_config.TOWER_DEFAULTS)}")
     _check_tree(tower, default_config.tower_defaults(kind), f"towers.{modality}.")
-    for field, allowed in TOWER_CHOICES[kind].items():
+    for field, allowed in TOWER_CHOICES.get(kind, {}).items():
       if tower[field] not in allowed:
         raise ConfigError(
             f"config.towers.{modality}.{field}: {tower[field]!r} is not one of {allowed}")
-    if tower.width % tower.num_heads:
+    size = tower
+    if kind == "vit" and tower.variant:
+      from xmodal.models import vit as vit_lib   # noqa: PLC0415 (keeps config import light)
+      try:
+        size = ml_collections.ConfigDict({**tower.to_dict(), **vit_lib.parse_variant(tower.variant)})
+      except ValueError as e:
+        raise ConfigError(f"config.towers.{modality}.variant: {e}") from None
+    if "num_heads" in size and size.width % size.num_heads:
       raise ConfigError(
-          f"config.towers.{modality}.width: {tower.width} is not divisible by num_heads "
-          f"{tower.num_heads}")
-    _positive(tower, "width", "depth", "num_heads")
+          f"config.towers.{modality}.width: {size.width} is not divisible by num_heads "
+          f"{size.num_heads}")
+    _positive(size, *(f for f in ("width", "depth", "num_heads") if f in size))
+    if tower.get("head") == "none" and size.width != config.model.embed_dim:
+      raise ConfigError(
+          f"config.towers.{modality}.head: 'none' needs width {size.width} == "
+          f"model.embed_dim {config.model.embed_dim}")
+    if not 0 <= tower.get("patch_dropout", 0.0) < 1:
+      raise ConfigError(f"config.towers.{modality}.patch_dropout: must be in [0, 1)")
   # Data sources the step understands: one image tower and one text tower per example.
   kinds = sorted(t.kind for t in towers.values())
   if config.data.source in ("shapes", "manifest") and kinds != ["text", "vit"]:
@@ -158,10 +174,13 @@ def validate(config, num_devices: int) -> None:
     raise ConfigError(f"config.data.crop_scale: area fraction above 1: {config.data.crop_scale}")
   vit = [t for t in towers.values() if t.kind == "vit"]
   for t in vit:
-    if config.data.image_size % t.patch_size:
+    patch = t.patch_size
+    if t.variant and "/" in t.variant:
+      patch = int(t.variant.split("/")[1])
+    if config.data.image_size % patch:
       raise ConfigError(
           f"config.data.image_size: {config.data.image_size} is not divisible by the ViT "
-          f"patch_size {t.patch_size}")
+          f"patch_size {patch}")
 
   for rule in config.sharding.rules:
     axes = rule[1] if len(rule) == 2 else None

@@ -31,7 +31,25 @@ def vit_defaults() -> ConfigDict:
       depth=2,
       num_heads=4,
       mlp_ratio=4.0,
-      pool="gap",          # "gap" (mean of patch tokens) or "cls"
+      pool="gap",          # "gap" (mean of patch tokens), "cls" (class token) or "map"
+      variant="",          # "B/16", "L/14", ... sets width/depth/num_heads/mlp_dim/patch_size
+      pos_embed="learned", # "learned", "sincos2d" (fixed) or "none"
+      patch_dropout=0.0,   # FLIP: fraction of patch tokens dropped at train time
+      norm_mean=(0.48145466, 0.4578275, 0.40821073),   # pixel normalisation (CLIP's)
+      norm_std=(0.26862954, 0.26130258, 0.27577711),   # SigLIP: (0.5,)*3 and (0.5,)*3
+      # Speed (every transformer tower).
+      remat="none",        # "none", "full" (recompute blocks in backward) or "dots" (keep matmuls)
+      scan=False,          # nn.scan over blocks: params stacked under transformer/blocks
+      # Architecture; the defaults are xmodal's own pre-LN towers.
+      mlp_dim=0,           # MLP hidden units; 0 = mlp_ratio * width
+      act="gelu_tanh",     # "gelu_tanh", "gelu" (exact), "quick_gelu" (OpenAI CLIP), "relu"
+      norm_first=True,     # pre-LN blocks (CLIP, ViT); False = post-LN (BERT)
+      pre_norm=False,      # LayerNorm after the embeddings (CLIP ViT ln_pre, BERT emb. LN)
+      final_norm=True,     # LayerNorm after the last block
+      layer_norm_eps=1e-6,
+      # Projection to model.embed_dim after pooling.
+      head="linear",       # "linear" or "none" (features are the embedding: width == embed_dim)
+      head_bias=False,
   ))
 
 
@@ -44,7 +62,24 @@ def text_defaults() -> ConfigDict:
       num_heads=4,
       mlp_ratio=4.0,
       causal=True,         # CLIP-style causal mask; False = bidirectional
-      pool="eot",          # "eot" (last real token), "mean" (over real tokens) or "first"
+      pool="eot",          # "eot" (last real token), "argmax" (highest token id: CLIP),
+                           # "last" (position L-1: SigLIP), "mean" (real tokens), "first"
+      vocab_size=0,        # 0 = the tokenizer's
+      context_length=0,    # position embeddings; 0 = data.context_length
+      type_vocab_size=0,   # BERT token-type embeddings (type 0 is added); 0 = none
+      # Speed (every transformer tower).
+      remat="none",        # "none", "full" (recompute blocks in backward) or "dots" (keep matmuls)
+      scan=False,          # nn.scan over blocks: params stacked under transformer/blocks
+      # Architecture; the defaults are xmodal's own pre-LN towers.
+      mlp_dim=0,           # MLP hidden units; 0 = mlp_ratio * width
+      act="gelu_tanh",     # "gelu_tanh", "gelu" (exact), "quick_gelu" (OpenAI CLIP), "relu"
+      norm_first=True,     # pre-LN blocks (CLIP, ViT); False = post-LN (BERT)
+      pre_norm=False,      # LayerNorm after the embeddings (CLIP ViT ln_pre, BERT emb. LN)
+      final_norm=True,     # LayerNorm after the last block
+      layer_norm_eps=1e-6,
+      # Projection to model.embed_dim after pooling.
+      head="linear",       # "linear" or "none" (features are the embedding: width == embed_dim)
+      head_bias=False,
   ))
 
 
@@ -76,6 +111,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
       ("heads", "model"),              # attention q/k/v/out: tensor parallel
       ("vocab", "model"),
       ("proj", None), ("norm", None), ("length", None), ("act_embed", None),
+      ("layers", None),                # the stacked-blocks axis of scanned towers
   )))
 
   # One tower per modality; the key is the modality name used in batches and outputs.
