@@ -209,6 +209,15 @@ def validate(config, num_devices: int) -> None:
         raise ConfigError(f"config.{name}: required when data.source='manifest'")
       if not glob.glob(os.path.expanduser(pattern)):
         raise ConfigError(f"config.{name}: no file matches {pattern!r}")
+  source = config.init["from"]
+  if source and not os.path.exists(os.path.expanduser(source)):
+    raise ConfigError(f"config.init.from: no such file or directory {source!r}")
+  for pair in config.init.map:
+    if len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+      raise ConfigError(f"config.init.map: {pair!r} must be (dst_regex, src_template)")
+  for field in ("train.frozen", "train.unfrozen"):
+    if isinstance(_get(config, field), str):
+      raise ConfigError(f"config.{field}: expected a tuple of regexes, got a string")
   if config.eval.classnames and not os.path.exists(config.eval.classnames):
     raise ConfigError(f"config.eval.classnames: no such file {config.eval.classnames!r}")
   for template in config.eval.templates:

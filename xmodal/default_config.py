@@ -167,7 +167,17 @@ def get_config(arg: str | None = None) -> ConfigDict:
       eval_every=250,                  # 0 = only at the end
       checkpoint_every=250,
       keep_checkpoints=2,
+      # LiT / partial fine-tuning: regexes over flattened param names ("image/encoder/...");
+      # matching params get no updates (and no weight decay). Each must match something.
+      frozen=(),                       # e.g. ("image/.*",) locks the image tower (LiT)
+      unfrozen=(),                     # exceptions to `frozen`, e.g. ("image/head/.*",)
   ))
+
+  # Initialise params (all, or a subtree) from converted weights or another run, at step 0.
+  config.init = ConfigDict({
+      "from": "",                      # .safetensors from tools/convert_weights.py, or a workdir
+      "map": (),                       # ((dst_regex, src_template), ...); empty = same names
+  })
 
   config.eval = ConfigDict(dict(
       batch_size=256,

@@ -15,17 +15,22 @@ import numpy as np
 import optax
 
 from xmodal import checkpoint, config as config_lib, embed, evaluate, losses, metrics as metrics_lib
-from xmodal import optim, parallel, sharding
+from xmodal import init as init_lib, optim, parallel, sharding
 from xmodal.data import pipeline
 from xmodal.models import model as model_lib
 
 
-def make_train_step(model, tx, objective, schedule):
-  """state {params, opt_state, step}, batch {modality: [B, ...]} -> (new state, metrics)."""
+def make_train_step(model, tx, objective, schedule, seed: int = 0):
+  """state {params, opt_state, step}, batch {modality: [B, ...]} -> (new state, metrics).
+
+  The towers run in train mode; their randomness (patch dropout) draws from the "dropout"
+  rng, the run's seed folded with the step (so a resumed run draws the same masks)."""
 
   def train_step(state, batch):
+    rng = jax.random.fold_in(jax.random.key(seed), state["step"])
+
     def loss_fn(params):
-      embeddings = model.apply({"params": params}, batch)
+      embeddings = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
       return objective(params, embeddings)
 
     (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -49,6 +54,7 @@ def init_state_fn(model, tx, config):
 
 # Sections a resumed run may change (longer training, other eval or loader settings).
 RESUMABLE_CHANGES = ("train.", "eval.", "data.num_workers")
+FIXED_CHANGES = ("train.frozen", "train.unfrozen")   # change the optimizer state's structure
 
 
 def save_config(config, workdir: str) -> None:
@@ -60,7 +66,8 @@ def save_config(config, workdir: str) -> None:
       saved = _flatten(json.load(f))
     now = _flatten(json.loads(config.to_json()))
     for key in sorted(set(saved) | set(now)):
-      if saved.get(key) != now.get(key) and not key.startswith(RESUMABLE_CHANGES):
+      if saved.get(key) != now.get(key) and (not key.startswith(RESUMABLE_CHANGES)
+                                             or key.startswith(FIXED_CHANGES)):
         raise config_lib.ConfigError(
             f"config.{key}: the workdir {workdir} holds a run with {key}={saved.get(key)!r}, "
             f"but this config has {now.get(key)!r}; use another --workdir to start a new run")
@@ -126,12 +133,18 @@ def _train(config, workdir: str, mesh) -> dict:
   else:
     start = 0
     state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(config.seed))
+    if config.init["from"]:
+      state["params"] = init_lib.load_into(state["params"], config.init["from"],
+                                           config.init.map)
+      state["opt_state"] = jax.jit(tx.init, out_shardings=state_sharding["opt_state"])(
+          state["params"])
+      print(f"initialised from {config.init['from']}", flush=True)
   print(f"model: {num_params / 1e6:.2f}M params; towers {list(config.towers)}; "
         f"loss {config.loss.name}/{config.loss.impl}; global batch {config.batch_size}", flush=True)
 
   # ---------------------------------------------------------------- step
   batch_sharding = parallel.batch_sharding(mesh)
-  step_fn = jax.jit(make_train_step(model, tx, objective, schedule),
+  step_fn = jax.jit(make_train_step(model, tx, objective, schedule, config.seed),
                     in_shardings=(state_sharding, {image_key: batch_sharding,
                                                    text_key: batch_sharding}),
                     out_shardings=(state_sharding, parallel.replicated(mesh)),
