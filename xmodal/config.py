@@ -17,15 +17,21 @@ CHOICES = {
     "loss.name": ("softmax", "sigmoid"),
     "loss.impl": ("dense", "gathered"),
     "model.compute_dtype": ("float32", "bfloat16"),
-    "data.source": ("shapes", "manifest"),
+    "data.source": ("shapes", "manifest", "synthetic"),
     "data.tokenizer": ("bytes",),
 }
 _COMMON_CHOICES = {"act": ("gelu_tanh", "gelu", "quick_gelu", "relu"),
-                   "remat": ("none", "full", "dots"), "head": ("linear", "none")}
+                   "remat": ("none", "full", "dots"), "head": ("linear", "mlp", "none")}
+_POOL = {"pool": ("gap", "cls", "map")}
 TOWER_CHOICES = {
     "vit": {"pool": ("gap", "cls", "map"), "pos_embed": ("learned", "sincos2d", "none"),
             **_COMMON_CHOICES},
     "text": {"pool": ("eot", "argmax", "last", "mean", "first"), **_COMMON_CHOICES},
+    "audio": {**_POOL, **_COMMON_CHOICES},
+    "video": {"temporal": ("mean", "attention"), **_COMMON_CHOICES},
+    "volume": _COMMON_CHOICES,
+    "vector": {"encoder": ("mlp", "transformer", "identity"), **_POOL, **_COMMON_CHOICES},
+    "signal": {**_POOL, **_COMMON_CHOICES},
 }
 
 
@@ -137,9 +143,10 @@ def validate(config, num_devices: int) -> None:
           f"config.towers.{modality}.width: {size.width} is not divisible by num_heads "
           f"{size.num_heads}")
     _positive(size, *(f for f in ("width", "depth", "num_heads") if f in size))
-    if tower.get("head") == "none" and size.width != config.model.embed_dim:
+    width = size.features if (kind == "vector" and tower.encoder == "identity") else size.width
+    if tower.get("head") == "none" and width != config.model.embed_dim:
       raise ConfigError(
-          f"config.towers.{modality}.head: 'none' needs width {size.width} == "
+          f"config.towers.{modality}.head: 'none' needs width {width} == "
           f"model.embed_dim {config.model.embed_dim}")
     if not 0 <= tower.get("patch_dropout", 0.0) < 1:
       raise ConfigError(f"config.towers.{modality}.patch_dropout: must be in [0, 1)")

@@ -48,8 +48,9 @@ def vit_defaults() -> ConfigDict:
       final_norm=True,     # LayerNorm after the last block
       layer_norm_eps=1e-6,
       # Projection to model.embed_dim after pooling.
-      head="linear",       # "linear" or "none" (features are the embedding: width == embed_dim)
+      head="linear",       # "linear", "mlp" (2-layer projector) or "none" (width == embed_dim)
       head_bias=False,
+      head_hidden=0,       # hidden units of the "mlp" head; 0 = width
   ))
 
 
@@ -78,12 +79,52 @@ def text_defaults() -> ConfigDict:
       final_norm=True,     # LayerNorm after the last block
       layer_norm_eps=1e-6,
       # Projection to model.embed_dim after pooling.
-      head="linear",       # "linear" or "none" (features are the embedding: width == embed_dim)
+      head="linear",       # "linear", "mlp" (2-layer projector) or "none" (width == embed_dim)
       head_bias=False,
+      head_hidden=0,       # hidden units of the "mlp" head; 0 = width
   ))
 
 
-TOWER_DEFAULTS = {"vit": vit_defaults, "text": text_defaults}
+def _transformer(**fields) -> ConfigDict:
+  """Fields every transformer tower of models/modalities.py shares."""
+  base = dict(width=96, depth=2, num_heads=4, mlp_ratio=4.0, mlp_dim=0, act="gelu_tanh",
+              layer_norm_eps=1e-6, remat="none", scan=False, pool="gap",  # "gap"/"cls"/"map"
+              head="linear", head_bias=False, head_hidden=0)
+  base.update(fields)
+  return ConfigDict(base)
+
+
+def audio_defaults() -> ConfigDict:
+  """Audio (models/modalities.py): log-mel [B, frames, n_mels] -> patch transformer."""
+  return _transformer(kind="audio", frames=64, n_mels=32, patch_size=8,
+                      sample_rate=16000, n_fft=400, hop=160)   # the numpy front end's settings
+
+
+def video_defaults() -> ConfigDict:
+  """Video: uint8 frames [B, frames, S, S, 3] (S = data.image_size) -> per-frame ViT ->
+  temporal "mean" or "attention" (temporal_depth blocks)."""
+  return _transformer(kind="video", frames=4, patch_size=8, temporal="mean", temporal_depth=1)
+
+
+def volume_defaults() -> ConfigDict:
+  """3-D volumes [B, slices, size, size] -> per-slice patch transformer -> MAP over slices."""
+  return _transformer(kind="volume", slices=8, size=16, patch_size=8)
+
+
+def vector_defaults() -> ConfigDict:
+  """Vectors / tabular rows [B, features]: "mlp", "transformer" (a token per feature) or
+  "identity" (cached features of a frozen encoder; pair with head="mlp")."""
+  return _transformer(kind="vector", features=16, encoder="mlp")
+
+
+def signal_defaults() -> ConfigDict:
+  """1-D signals [B, length, channels] -> patches of patch_len steps -> transformer."""
+  return _transformer(kind="signal", length=128, channels=1, patch_len=16)
+
+
+TOWER_DEFAULTS = {"vit": vit_defaults, "text": text_defaults, "audio": audio_defaults,
+                  "video": video_defaults, "volume": volume_defaults,
+                  "vector": vector_defaults, "signal": signal_defaults}
 
 
 def tower_defaults(kind: str) -> ConfigDict:

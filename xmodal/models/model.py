@@ -70,9 +70,16 @@ class Tower(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False, normalize: bool = True):
     features = build_tower(self.cfg, self.config, "encoder", self.dtype)(x, train=train)
-    if self.cfg.get("head", "linear") == "linear":
-      z = layers.dense(self.config.model.embed_dim, ("embed", "proj"), self.dtype, "head",
+    head = self.cfg.get("head", "linear")
+    embed_dim = self.config.model.embed_dim
+    if head == "linear":
+      z = layers.dense(embed_dim, ("embed", "proj"), self.dtype, "head",
                        use_bias=self.cfg.get("head_bias", False))(features)
+    elif head == "mlp":        # projector (e.g. over a frozen pretrained encoder)
+      hidden = self.cfg.get("head_hidden", 0) or features.shape[-1]
+      h = nn.gelu(layers.dense(hidden, ("embed", "mlp"), self.dtype, "head_hidden")(features))
+      z = layers.dense(embed_dim, ("mlp", "proj"), self.dtype, "head",
+                       use_bias=self.cfg.get("head_bias", False))(h)
     else:
       z = features
     z = z.astype(jnp.float32)
