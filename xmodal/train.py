@@ -90,6 +90,10 @@ def _flatten(tree, prefix=""):
 def train(config, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
   config_lib.validate(config, jax.device_count())
+  if config.data.source == "synthetic":
+    raise config_lib.ConfigError(
+        "config.data.source: 'synthetic' pairs are for tests and tools/train_synthetic.py; "
+        "`xmodal train` reads 'shapes' or 'manifest'")
   mesh = parallel.make_mesh(config)
   with sharding.context(config, mesh):
     return _train(config, workdir, mesh)
@@ -133,7 +137,7 @@ def _train(config, workdir: str, mesh) -> dict:
   else:
     start = 0
     state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(config.seed))
-    if config.init["from"]:
+    if config.get("init") and config.init["from"]:
       state["params"] = init_lib.load_into(state["params"], config.init["from"],
                                            config.init.map)
       state["opt_state"] = jax.jit(tx.init, out_shardings=state_sharding["opt_state"])(

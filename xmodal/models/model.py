@@ -1,7 +1,8 @@
 """The multi-tower model: {modality: input} -> {modality: unit-norm embedding [B, embed_dim]}.
 
 Towers are built from `config.towers` (the key is the modality name, `kind` picks the
-module); each is followed by a bias-free linear head to `model.embed_dim`. The model also
+module); each is followed by a head to `model.embed_dim` (bias-free linear by default, an MLP
+projector, or none). The model also
 owns the loss's learnable scalars: `logit_scale` (log of the temperature's inverse, CLIP
 style) and, for the sigmoid loss, `logit_bias`. Parameter names are
 `{modality}/encoder/block_3/mlp/fc1/kernel`, `{modality}/head/kernel`, `logit_scale`, ...
@@ -13,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+
+from xmodal import default_config
 
 from xmodal.data import tokenizer as tokenizer_lib
 from xmodal.models import layers, modalities, text, vit
@@ -38,9 +41,19 @@ def _encoder_kwargs(cfg) -> dict:
               layer_norm_eps=cfg.layer_norm_eps, remat=cfg.remat, scan=cfg.scan)
 
 
+def with_defaults(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The tower section over its kind's defaults (configs saved before a field existed)."""
+  if cfg.kind not in default_config.TOWER_DEFAULTS:
+    return cfg
+  full = default_config.tower_defaults(cfg.kind)
+  full.update(cfg.to_dict())
+  return full
+
+
 def build_tower(cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict, name: str,
                 dtype) -> nn.Module:
   """One tower module from its config section."""
+  cfg = with_defaults(cfg)
   if cfg.kind == "vit":
     kw = _encoder_kwargs(cfg)
     kw.update(resolved_vit(cfg))
@@ -70,16 +83,17 @@ class Tower(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False, normalize: bool = True):
     features = build_tower(self.cfg, self.config, "encoder", self.dtype)(x, train=train)
-    head = self.cfg.get("head", "linear")
+    cfg = with_defaults(self.cfg)
+    head = cfg.head
     embed_dim = self.config.model.embed_dim
     if head == "linear":
       z = layers.dense(embed_dim, ("embed", "proj"), self.dtype, "head",
-                       use_bias=self.cfg.get("head_bias", False))(features)
+                       use_bias=cfg.head_bias)(features)
     elif head == "mlp":        # projector (e.g. over a frozen pretrained encoder)
-      hidden = self.cfg.get("head_hidden", 0) or features.shape[-1]
+      hidden = cfg.head_hidden or features.shape[-1]
       h = nn.gelu(layers.dense(hidden, ("embed", "mlp"), self.dtype, "head_hidden")(features))
       z = layers.dense(embed_dim, ("mlp", "proj"), self.dtype, "head",
-                       use_bias=self.cfg.get("head_bias", False))(h)
+                       use_bias=cfg.head_bias)(h)
     else:
       z = features
     z = z.astype(jnp.float32)
