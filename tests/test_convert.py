@@ -240,3 +240,36 @@ def test_position_embeddings_interpolate_to_a_new_resolution(tmp_path):
   assert conv.params["image"]["encoder"]["pos_embed"].shape == (1, 1 + 36, 48)
   got = _xmodal(conv, {"image": _images(2, 48)})
   assert got["image"].shape == (2, 24) and np.isfinite(got["image"]).all()
+
+
+def test_lit_card_trains_with_a_frozen_converted_image_tower(tmp_path):
+  """tools/convert_weights.py -> configs/lit_frozen_clip_image.py -> `train`: the image
+  tower starts at the converted weights and stays there; the text tower learns."""
+  import importlib.util
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path.insert(0, os.path.join(root, "tools"))
+  import convert_weights
+  from xmodal import config as config_lib, notebook, train
+  _clip(tmp_path / "hf")
+  convert_weights.main(["--input", str(tmp_path / "hf"), "--output", str(tmp_path / "w")])
+  spec = importlib.util.spec_from_file_location("lit", os.path.join(root, "configs",
+                                                                    "lit_frozen_clip_image.py"))
+  card = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(card)
+  config = card.get_config(str(tmp_path / "w"))
+  assert config.towers.image.width == 48 and config.train.frozen == ("image/.*",)
+  config.towers.text.update(dict(width=32, depth=1, num_heads=2))
+  config.batch_size, config.eval.batch_size, config.data.shapes_eval_size = 16, 32, 32
+  config.train.total_steps, config.optim.warmup_steps = 4, 1
+  config.train.log_every, config.train.checkpoint_every, config.train.eval_every = 2, 4, 0
+  config_lib.validate(config, jax.device_count())
+  train.train(config, str(tmp_path / "run"))
+  trained = notebook.load(str(tmp_path / "run"), devices=jax.devices()[:1]).params
+  source = convert.load_safetensors(str(tmp_path / "w" / "params.safetensors"))
+  flat = convert.flatten(jax.tree.map(np.asarray, trained))
+  image_names = [k for k in flat if k.startswith("image/")]
+  assert image_names
+  for k in image_names:
+    np.testing.assert_array_equal(flat[k], source[k], err_msg=k)
+  assert not np.array_equal(flat["logit_scale"], source["logit_scale"])  # trainable

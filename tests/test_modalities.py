@@ -96,3 +96,26 @@ def test_frozen_encoders_with_mlp_projectors_align_on_cached_features():
     state, metrics = step(state, batch)
     losses_seen.append(float(metrics["loss"]))
   assert np.mean(losses_seen[-5:]) < np.mean(losses_seen[:5]) - 0.3
+
+
+def test_model_cards_validate_and_the_audio_card_trains(capsys):
+  import importlib.util
+  import os
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for name in ("clip_vit_b16", "siglip_b16", "lit_frozen_clip_image", "audio_text"):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(None)
+    config_lib.validate(config, 8)
+    model = model_lib.MultiTower(config)
+    n = sum(np.prod(p.shape) for p in jax.tree.leaves(
+        model_lib.unbox(model_lib.abstract_params(model, config))))
+    if name == "clip_vit_b16":
+      assert 120e6 < n < 130e6   # OpenAI CLIP B/16 is 149.6M; the byte vocabulary is 260 ids
+  sys.path.insert(0, os.path.join(root, "tools"))
+  import train_synthetic
+  acc = train_synthetic.main(["--config", os.path.join(root, "configs", "audio_text.py"),
+                              "--steps", "40", "--batch", "32", "--classes", "4", "--log", "20"])
+  assert acc > 0.5, capsys.readouterr().out
