@@ -273,3 +273,12 @@ def test_lit_card_trains_with_a_frozen_converted_image_tower(tmp_path):
   for k in image_names:
     np.testing.assert_array_equal(flat[k], source[k], err_msg=k)
   assert not np.array_equal(flat["logit_scale"], source["logit_scale"])  # trainable
+  # The run itself is a source for init.from: its text tower into a fresh model.
+  from xmodal import init as init_lib
+  model = model_lib.MultiTower(config)
+  fresh = model_lib.unbox(model.init(jax.random.key(7), model_lib.dummy_inputs(config))["params"])
+  new, names = init_lib.assign(fresh, init_lib.read_source(str(tmp_path / "run")),
+                               ((r"text/(.*)", r"text/\1"),))
+  assert names and all(n.startswith("text/") for n in names)
+  np.testing.assert_array_equal(new["text"]["head"]["kernel"], flat["text/head/kernel"])
+  np.testing.assert_array_equal(new["image"]["head"]["kernel"], fresh["image"]["head"]["kernel"])
