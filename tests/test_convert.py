@@ -282,3 +282,18 @@ def test_lit_card_trains_with_a_frozen_converted_image_tower(tmp_path):
   assert names and all(n.startswith("text/") for n in names)
   np.testing.assert_array_equal(new["text"]["head"]["kernel"], flat["text/head/kernel"])
   np.testing.assert_array_equal(new["image"]["head"]["kernel"], fresh["image"]["head"]["kernel"])
+
+
+def test_reports_name_unused_keys_and_notes(tmp_path):
+  _clip(tmp_path)
+  from safetensors.numpy import load_file, save_file
+  sd = load_file(str(tmp_path / "model.safetensors"))
+  sd["vision_model.extra_adapter.weight"] = np.zeros((2, 2), np.float32)
+  save_file(sd, str(tmp_path / "model.safetensors"))
+  conv = convert.load(str(tmp_path))
+  assert conv.report.unused == ["vision_model.extra_adapter.weight"]
+  assert "extra_adapter" in str(conv.report)
+  del sd["text_projection.weight"]
+  save_file(sd, str(tmp_path / "model.safetensors"))
+  with pytest.raises(KeyError, match="text_projection.weight"):
+    convert.load(str(tmp_path))

@@ -51,7 +51,7 @@ def main(argv=None):
   save_file(flat, os.path.join(args.output, "params.safetensors"))
   meta = {"kind": kind, "towers": {m: t.to_dict() for m, t in conv.towers.items()},
           "model.embed_dim": conv.embed_dim, **{f"extra.{k}": v for k, v in conv.extra.items()},
-          "unused_source_keys": conv.report.unused}
+          "unused_source_keys": conv.report.unused, "notes": conv.report.notes}
   with open(os.path.join(args.output, "towers.json"), "w") as f:
     json.dump(meta, f, indent=2, default=list)
   n = sum(v.size for v in flat.values())

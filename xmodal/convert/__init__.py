@@ -15,6 +15,7 @@ lists missing / unexpected / mis-shaped keys against a real model.
 """
 
 import dataclasses
+import difflib
 import glob
 import json
 import os
@@ -35,6 +36,7 @@ class Report:
   missing: list = dataclasses.field(default_factory=list)
   unexpected: list = dataclasses.field(default_factory=list)
   mismatched: list = dataclasses.field(default_factory=list)
+  notes: list = dataclasses.field(default_factory=list)   # caveats of the mapping
 
   @property
   def ok(self) -> bool:
@@ -45,6 +47,7 @@ class Report:
     for name in ("unused", "missing", "unexpected", "mismatched"):
       items = getattr(self, name)
       lines.append(f"  {name} ({len(items)}): " + (", ".join(map(str, items)) or "-"))
+    lines += [f"  note: {n}" for n in self.notes]
     return "\n".join(lines)
 
 
@@ -87,7 +90,9 @@ class StateDict:
   def __call__(self, key) -> np.ndarray:
     full = self.prefix + key
     if full not in self.tensors:
-      raise KeyError(f"source checkpoint has no {full!r}")
+      close = difflib.get_close_matches(full, list(self.tensors), n=3, cutoff=0.6)
+      raise KeyError(f"source checkpoint has no {full!r} (needed by the converter); similar "
+                     f"source keys: {close or 'none'}; {len(self.tensors)} keys in the source")
     self.used.add(full)
     return self.tensors[full].astype(np.float32)
 

@@ -99,7 +99,7 @@ def convert_clip(state: dict, hf_config: dict, image: str = "image", text: str =
   params = {image: stack_if_scanned(image_params, scan), text: stack_if_scanned(text_params, scan)}
   if sd.has("logit_scale"):
     params["logit_scale"] = sd("logit_scale").reshape(())
-  report = Report("hf CLIPModel", unused=sd.unused(ignore=(r".*position_ids",)) + notes)
+  report = Report("hf CLIPModel", unused=sd.unused(ignore=(r".*position_ids",)), notes=notes)
   return Converted(towers, params, report, embed_dim,
                    {"image_size": image_size or native, "loss": "softmax"})
 
@@ -160,7 +160,7 @@ def convert_siglip(state: dict, hf_config: dict, image: str = "image", text: str
       params[name] = sd(name).reshape(())
   notes = ["SigLIP attends to every position: feed fixed-length text without pad id 0 "
            "(xmodal masks pad_id keys in bidirectional towers)"]
-  report = Report("hf SiglipModel", unused=sd.unused(ignore=(r".*position_ids",)) + notes)
+  report = Report("hf SiglipModel", unused=sd.unused(ignore=(r".*position_ids",)), notes=notes)
   return Converted(towers, params, report, embed_dim,
                    {"image_size": image_size or native, "loss": "sigmoid"})
 
