@@ -164,3 +164,17 @@ def test_init_from_converted_weights_by_regex_map(tmp_path):
     init_lib.assign(dst, init_lib.read_source(path), (("audio/(.*)", r"\1"),))
   with pytest.raises(ValueError, match="source param"):
     init_lib.assign(dst, init_lib.read_source(path), (("text/(.*)", r"txt/\1"),))
+
+
+def test_scanned_towers_need_a_layers_rule_and_shard_over_a_mesh():
+  config = _set_all(make_tiny_config(**{"mesh.fsdp": 2, "mesh.model": 2}), scan=True)
+  config_lib.validate(config, 8)
+  from xmodal import parallel, sharding
+  mesh = parallel.make_mesh(config)
+  model = model_lib.MultiTower(config)
+  shardings = sharding.param_shardings(model, config, mesh)
+  spec = shardings["text"]["encoder"]["transformer"]["blocks"]["mlp"]["fc1"]["kernel"].spec
+  assert tuple(spec) == (None, "fsdp", "model")
+  config.sharding.rules = tuple(r for r in config.sharding.rules if r[0] != "layers")
+  with pytest.raises(config_lib.ConfigError, match="layers"):
+    config_lib.validate(config, 8)

@@ -198,6 +198,11 @@ def validate(config, num_devices: int) -> None:
           f"config.sharding.rules: {tuple(rule)!r} must be (logical name, mesh axis, tuple "
           f"of mesh axes or None) with mesh axes from ('data', 'fsdp', 'model')")
 
+  if any(t.get("scan") for t in towers.values()) and "layers" not in [
+      r[0] for r in config.sharding.rules]:
+    raise ConfigError("config.sharding.rules: scanned towers need a rule for the 'layers' "
+                      "axis, e.g. ('layers', None)")
+
   shape = mesh_shape(config, num_devices)
   batch_shards = shape["data"] * shape["fsdp"]
   if config.batch_size % batch_shards:
