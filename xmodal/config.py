@@ -16,16 +16,26 @@ CHOICES = {
     "loss.name": ("softmax", "sigmoid"),
     "loss.impl": ("dense", "gathered", "ring"),
     "model.compute_dtype": ("float32", "bfloat16"),
-    "data.source": ("shapes", "manifest", "webdataset", "arrayrecord", "tfds", "mixture"),
+    "data.source": ("shapes", "manifest", "webdataset", "arrayrecord", "tfds", "mixture",
+                    "synthetic"),
     "data.eval_source": ("", "shapes", "manifest", "webdataset", "arrayrecord", "tfds"),
     "data.tokenizer": ("bytes", "sentencepiece", "hf", "clip"),
     "data.captions": ("sample", "first", "all"),
     "data.image_dtype": ("uint8", "float32"),
     "data.normalize": ("none", "clip"),
 }
+_COMMON_CHOICES = {"act": ("gelu_tanh", "gelu", "quick_gelu", "relu"),
+                   "remat": ("none", "full", "dots"), "head": ("linear", "mlp", "none")}
+_POOL = {"pool": ("gap", "cls", "map")}
 TOWER_CHOICES = {
-    "vit": {"pool": ("gap", "cls")},
-    "text": {"pool": ("eot", "mean", "first")},
+    "vit": {"pool": ("gap", "cls", "map"), "pos_embed": ("learned", "sincos2d", "none"),
+            **_COMMON_CHOICES},
+    "text": {"pool": ("eot", "argmax", "last", "mean", "first"), **_COMMON_CHOICES},
+    "audio": {**_POOL, **_COMMON_CHOICES},
+    "video": {"temporal": ("mean", "attention"), **_COMMON_CHOICES},
+    "volume": _COMMON_CHOICES,
+    "vector": {"encoder": ("mlp", "transformer", "identity"), **_POOL, **_COMMON_CHOICES},
+    "signal": {**_POOL, **_COMMON_CHOICES},
 }
 
 
@@ -121,18 +131,32 @@ def validate(config, num_devices: int) -> None:
           f"config.towers.{modality}.kind: unknown tower kind {kind!r}; known: "
           f"{sorted(default_config.TOWER_DEFAULTS)}")
     _check_tree(tower, default_config.tower_defaults(kind), f"towers.{modality}.")
-    for field, allowed in TOWER_CHOICES[kind].items():
+    for field, allowed in TOWER_CHOICES.get(kind, {}).items():
       if tower[field] not in allowed:
         raise ConfigError(
             f"config.towers.{modality}.{field}: {tower[field]!r} is not one of {allowed}")
-    if tower.width % tower.num_heads:
+    size = tower
+    if kind == "vit" and tower.variant:
+      from xmodal.models import vit as vit_lib   # noqa: PLC0415 (keeps config import light)
+      try:
+        size = ml_collections.ConfigDict({**tower.to_dict(), **vit_lib.parse_variant(tower.variant)})
+      except ValueError as e:
+        raise ConfigError(f"config.towers.{modality}.variant: {e}") from None
+    if "num_heads" in size and size.width % size.num_heads:
       raise ConfigError(
-          f"config.towers.{modality}.width: {tower.width} is not divisible by num_heads "
-          f"{tower.num_heads}")
-    _positive(tower, "width", "depth", "num_heads")
+          f"config.towers.{modality}.width: {size.width} is not divisible by num_heads "
+          f"{size.num_heads}")
+    _positive(size, *(f for f in ("width", "depth", "num_heads") if f in size))
+    width = size.features if (kind == "vector" and tower.encoder == "identity") else size.width
+    if tower.get("head") == "none" and width != config.model.embed_dim:
+      raise ConfigError(
+          f"config.towers.{modality}.head: 'none' needs width {width} == "
+          f"model.embed_dim {config.model.embed_dim}")
+    if not 0 <= tower.get("patch_dropout", 0.0) < 1:
+      raise ConfigError(f"config.towers.{modality}.patch_dropout: must be in [0, 1)")
   # Data sources the step understands: one image tower and one text tower per example.
   kinds = sorted(t.kind for t in towers.values())
-  if kinds != ["text", "vit"]:
+  if config.data.source != "synthetic" and kinds != ["text", "vit"]:
     raise ConfigError(
         f"config.towers: data.source={config.data.source!r} gives image/caption pairs, so it "
         f"needs one 'vit' and one 'text' tower, got kinds {kinds}")
@@ -161,10 +185,13 @@ def validate(config, num_devices: int) -> None:
     raise ConfigError(f"config.data.crop_scale: area fraction above 1: {config.data.crop_scale}")
   vit = [t for t in towers.values() if t.kind == "vit"]
   for t in vit:
-    if config.data.image_size % t.patch_size:
+    patch = t.patch_size
+    if t.variant and "/" in t.variant:
+      patch = int(t.variant.split("/")[1])
+    if config.data.image_size % patch:
       raise ConfigError(
           f"config.data.image_size: {config.data.image_size} is not divisible by the ViT "
-          f"patch_size {t.patch_size}")
+          f"patch_size {patch}")
 
   for rule in config.sharding.rules:
     axes = rule[1] if len(rule) == 2 else None
@@ -174,6 +201,11 @@ def validate(config, num_devices: int) -> None:
       raise ConfigError(
           f"config.sharding.rules: {tuple(rule)!r} must be (logical name, mesh axis, tuple "
           f"of mesh axes or None) with mesh axes from ('data', 'fsdp', 'model')")
+
+  if any(t.get("scan") for t in towers.values()) and "layers" not in [
+      r[0] for r in config.sharding.rules]:
+    raise ConfigError("config.sharding.rules: scanned towers need a rule for the 'layers' "
+                      "axis, e.g. ('layers', None)")
 
   shape = mesh_shape(config, num_devices)
   batch_shards = shape["data"] * shape["fsdp"]
@@ -193,6 +225,15 @@ def validate(config, num_devices: int) -> None:
         f"{batch_shards} batch shards")
 
   _validate_data(config)
+  source = config.init["from"]
+  if source and not os.path.exists(os.path.expanduser(source)):
+    raise ConfigError(f"config.init.from: no such file or directory {source!r}")
+  for pair in config.init.map:
+    if len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+      raise ConfigError(f"config.init.map: {pair!r} must be (dst_regex, src_template)")
+  for field in ("train.frozen", "train.unfrozen"):
+    if isinstance(_get(config, field), str):
+      raise ConfigError(f"config.{field}: expected a tuple of regexes, got a string")
   if config.eval.classnames and not os.path.exists(config.eval.classnames):
     raise ConfigError(f"config.eval.classnames: no such file {config.eval.classnames!r}")
   for template in config.eval.templates:

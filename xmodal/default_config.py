@@ -31,7 +31,26 @@ def vit_defaults() -> ConfigDict:
       depth=2,
       num_heads=4,
       mlp_ratio=4.0,
-      pool="gap",          # "gap" (mean of patch tokens) or "cls"
+      pool="gap",          # "gap" (mean of patch tokens), "cls" (class token) or "map"
+      variant="",          # "B/16", "L/14", ... sets width/depth/num_heads/mlp_dim/patch_size
+      pos_embed="learned", # "learned", "sincos2d" (fixed) or "none"
+      patch_dropout=0.0,   # FLIP: fraction of patch tokens dropped at train time
+      norm_mean=(0.48145466, 0.4578275, 0.40821073),   # pixel normalisation (CLIP's)
+      norm_std=(0.26862954, 0.26130258, 0.27577711),   # SigLIP: (0.5,)*3 and (0.5,)*3
+      # Speed (every transformer tower).
+      remat="none",        # "none", "full" (recompute blocks in backward) or "dots" (keep matmuls)
+      scan=False,          # nn.scan over blocks: params stacked under transformer/blocks
+      # Architecture; the defaults are xmodal's own pre-LN towers.
+      mlp_dim=0,           # MLP hidden units; 0 = mlp_ratio * width
+      act="gelu_tanh",     # "gelu_tanh", "gelu" (exact), "quick_gelu" (OpenAI CLIP), "relu"
+      norm_first=True,     # pre-LN blocks (CLIP, ViT); False = post-LN (BERT)
+      pre_norm=False,      # LayerNorm after the embeddings (CLIP ViT ln_pre, BERT emb. LN)
+      final_norm=True,     # LayerNorm after the last block
+      layer_norm_eps=1e-6,
+      # Projection to model.embed_dim after pooling.
+      head="linear",       # "linear", "mlp" (2-layer projector) or "none" (width == embed_dim)
+      head_bias=False,
+      head_hidden=0,       # hidden units of the "mlp" head; 0 = width
   ))
 
 
@@ -44,11 +63,68 @@ def text_defaults() -> ConfigDict:
       num_heads=4,
       mlp_ratio=4.0,
       causal=True,         # CLIP-style causal mask; False = bidirectional
-      pool="eot",          # "eot" (last real token), "mean" (over real tokens) or "first"
+      pool="eot",          # "eot" (last real token), "argmax" (highest token id: CLIP),
+                           # "last" (position L-1: SigLIP), "mean" (real tokens), "first"
+      vocab_size=0,        # 0 = the tokenizer's
+      context_length=0,    # position embeddings; 0 = data.context_length
+      type_vocab_size=0,   # BERT token-type embeddings (type 0 is added); 0 = none
+      # Speed (every transformer tower).
+      remat="none",        # "none", "full" (recompute blocks in backward) or "dots" (keep matmuls)
+      scan=False,          # nn.scan over blocks: params stacked under transformer/blocks
+      # Architecture; the defaults are xmodal's own pre-LN towers.
+      mlp_dim=0,           # MLP hidden units; 0 = mlp_ratio * width
+      act="gelu_tanh",     # "gelu_tanh", "gelu" (exact), "quick_gelu" (OpenAI CLIP), "relu"
+      norm_first=True,     # pre-LN blocks (CLIP, ViT); False = post-LN (BERT)
+      pre_norm=False,      # LayerNorm after the embeddings (CLIP ViT ln_pre, BERT emb. LN)
+      final_norm=True,     # LayerNorm after the last block
+      layer_norm_eps=1e-6,
+      # Projection to model.embed_dim after pooling.
+      head="linear",       # "linear", "mlp" (2-layer projector) or "none" (width == embed_dim)
+      head_bias=False,
+      head_hidden=0,       # hidden units of the "mlp" head; 0 = width
   ))
 
 
-TOWER_DEFAULTS = {"vit": vit_defaults, "text": text_defaults}
+def _transformer(**fields) -> ConfigDict:
+  """Fields every transformer tower of models/modalities.py shares."""
+  base = dict(width=96, depth=2, num_heads=4, mlp_ratio=4.0, mlp_dim=0, act="gelu_tanh",
+              layer_norm_eps=1e-6, remat="none", scan=False, pool="gap",  # "gap"/"cls"/"map"
+              head="linear", head_bias=False, head_hidden=0)
+  base.update(fields)
+  return ConfigDict(base)
+
+
+def audio_defaults() -> ConfigDict:
+  """Audio (models/modalities.py): log-mel [B, frames, n_mels] -> patch transformer."""
+  return _transformer(kind="audio", frames=64, n_mels=32, patch_size=8,
+                      sample_rate=16000, n_fft=400, hop=160)   # the numpy front end's settings
+
+
+def video_defaults() -> ConfigDict:
+  """Video: uint8 frames [B, frames, S, S, 3] (S = data.image_size) -> per-frame ViT ->
+  temporal "mean" or "attention" (temporal_depth blocks)."""
+  return _transformer(kind="video", frames=4, patch_size=8, temporal="mean", temporal_depth=1)
+
+
+def volume_defaults() -> ConfigDict:
+  """3-D volumes [B, slices, size, size] -> per-slice patch transformer -> MAP over slices."""
+  return _transformer(kind="volume", slices=8, size=16, patch_size=8)
+
+
+def vector_defaults() -> ConfigDict:
+  """Vectors / tabular rows [B, features]: "mlp", "transformer" (a token per feature) or
+  "identity" (cached features of a frozen encoder; pair with head="mlp")."""
+  return _transformer(kind="vector", features=16, encoder="mlp")
+
+
+def signal_defaults() -> ConfigDict:
+  """1-D signals [B, length, channels] -> patches of patch_len steps -> transformer."""
+  return _transformer(kind="signal", length=128, channels=1, patch_len=16)
+
+
+TOWER_DEFAULTS = {"vit": vit_defaults, "text": text_defaults, "audio": audio_defaults,
+                  "video": video_defaults, "volume": volume_defaults,
+                  "vector": vector_defaults, "signal": signal_defaults}
 
 
 def tower_defaults(kind: str) -> ConfigDict:
@@ -76,6 +152,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
       ("heads", "model"),              # attention q/k/v/out: tensor parallel
       ("vocab", "model"),
       ("proj", None), ("norm", None), ("length", None), ("act_embed", None),
+      ("layers", None),                # the stacked-blocks axis of scanned towers
   )))
 
   # One tower per modality; the key is the modality name used in batches and outputs.
@@ -159,7 +236,17 @@ def get_config(arg: str | None = None) -> ConfigDict:
       keep_checkpoints=2,
       microbatches=1,                  # >1: GradCache, K micro-batches per device shard, same
                                        # gradient with one micro-batch's activations alive
+      # LiT / partial fine-tuning: regexes over flattened param names ("image/encoder/...");
+      # matching params get no updates (and no weight decay). Each must match something.
+      frozen=(),                       # e.g. ("image/.*",) locks the image tower (LiT)
+      unfrozen=(),                     # exceptions to `frozen`, e.g. ("image/head/.*",)
   ))
+
+  # Initialise params (all, or a subtree) from converted weights or another run, at step 0.
+  config.init = ConfigDict({
+      "from": "",                      # .safetensors from tools/convert_weights.py, or a workdir
+      "map": (),                       # ((dst_regex, src_template), ...); empty = same names
+  })
 
   config.eval = ConfigDict(dict(
       batch_size=256,

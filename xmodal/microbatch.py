@@ -46,30 +46,35 @@ def merge(tree):
 
 
 def value_and_grad(model, objective: Callable, microbatches: int) -> Callable:
-  """Returns f(params, batch) -> ((loss, aux), grads), like
+  """Returns f(params, batch, rng=None) -> ((loss, aux), grads), like
   `jax.value_and_grad(lambda p: objective(p, model.apply({"params": p}, batch)),
-  has_aux=True)`, but holding one micro-batch's activations at a time."""
+  has_aux=True)`, but holding one micro-batch's activations at a time. With `rng`, the
+  towers run in train mode and micro-batch k draws its randomness (patch dropout) from
+  split(rng)[k], the same key in its forward and in its recomputation."""
 
-  def embed(params, inputs):
-    return model.apply({"params": params}, inputs)
+  def embed(params, inputs, rng):
+    if rng is None:
+      return model.apply({"params": params}, inputs)
+    return model.apply({"params": params}, inputs, train=True, rngs={"dropout": rng})
 
-  def f(params, batch):
+  def f(params, batch, rng=None):
     chunks = split(batch, microbatches)
+    keys = None if rng is None else jax.random.split(rng, microbatches)
     # 1. Forward only: nothing is differentiated here, so no activations are saved.
-    embeddings = merge(lax.map(lambda c: embed(params, c), chunks))
+    embeddings = merge(lax.map(lambda c: embed(params, c[0], c[1]), (chunks, keys)))
     # 2. The loss over the full global batch, and its gradient w.r.t. every embedding.
     (loss, aux), (loss_param_grads, emb_grads) = jax.value_and_grad(
         objective, argnums=(0, 1), has_aux=True)(params, embeddings)
     emb_grads = split(emb_grads, microbatches)
 
     # 3. Recompute each micro-batch's forward and pull its embedding gradient back.
-    def backprop(acc, chunk_and_grad):
-      chunk, grad = chunk_and_grad
-      _, pull = jax.vjp(lambda p: embed(p, chunk), params)
+    def backprop(acc, chunk_grad_key):
+      chunk, grad, key = chunk_grad_key
+      _, pull = jax.vjp(lambda p: embed(p, chunk, key), params)
       (g,) = pull(grad)
       return jax.tree.map(jnp.add, acc, g), None
 
-    grads, _ = lax.scan(backprop, loss_param_grads, (chunks, emb_grads))
+    grads, _ = lax.scan(backprop, loss_param_grads, (chunks, emb_grads, keys))
     return (loss, aux), grads
 
   return f

@@ -2,8 +2,43 @@
 decay masked off norms, biases and the loss scalars (every parameter with fewer than two
 dimensions), as in CLIP and open_clip."""
 
+import re
+
 import jax
 import optax
+
+FROZEN, TRAINABLE = "frozen", "trainable"
+
+
+def param_names(params) -> list[str]:
+  """Flattened names "image/encoder/transformer/block_0/mlp/fc1/kernel" of a params tree."""
+  return ["/".join(str(getattr(k, "key", k)) for k in path)
+          for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+
+
+def frozen_labels(config):
+  """A function params -> tree of "frozen"/"trainable" labels from config.train.frozen and
+  config.train.unfrozen (regexes, full match). Raises ValueError naming any pattern that
+  matches no parameter."""
+  frozen, unfrozen = tuple(config.train.frozen), tuple(config.train.unfrozen)
+
+  def labels(params):
+    names = param_names(params)
+    for field, patterns in (("frozen", frozen), ("unfrozen", unfrozen)):
+      for pattern in patterns:
+        if not any(re.fullmatch(pattern, n) for n in names):
+          raise ValueError(
+              f"config.train.{field}: pattern {pattern!r} matches no parameter; names look "
+              f"like {names[:3]}")
+    def label(name):
+      if any(re.fullmatch(p, name) for p in frozen) and not any(
+          re.fullmatch(p, name) for p in unfrozen):
+        return FROZEN
+      return TRAINABLE
+    leaves = [label(n) for n in names]
+    return jax.tree.unflatten(jax.tree.structure(params), leaves)
+
+  return labels
 
 
 def schedule(config) -> optax.Schedule:
@@ -19,6 +54,16 @@ def decay_mask(params):
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW (+ clipping) over the trainable params; frozen ones (config.train.frozen) get
+  zero updates and keep no optimizer moments."""
+  tx = _adamw(config)
+  if not config.train.get("frozen"):
+    return tx
+  return optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()},
+                               frozen_labels(config))
+
+
+def _adamw(config) -> optax.GradientTransformation:
   o = config.optim
   parts = []
   if o.grad_clip > 0:

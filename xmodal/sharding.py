@@ -49,10 +49,31 @@ def state_shardings(model, tx, config, mesh):
   abstract_params = model_lib.unbox(model_lib.abstract_params(model, config))
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   replicated = parallel.replicated(mesh)
-  opt = optax.tree_utils.tree_map_params(
-      tx, lambda _, sharding: sharding, abstract_opt, params,
-      transform_non_params=lambda _: replicated)
+  if config.train.get("frozen"):
+    # optax.multi_transform keeps masked copies of the params tree (frozen leaves are
+    # MaskedNodes), which tree_map_params cannot follow: match leaves by key path instead.
+    opt = _shardings_by_path(abstract_opt, params, replicated)
+  else:
+    opt = optax.tree_utils.tree_map_params(
+        tx, lambda _, sharding: sharding, abstract_opt, params,
+        transform_non_params=lambda _: replicated)
   return {"params": params, "opt_state": opt, "step": replicated}
+
+
+def _shardings_by_path(abstract_opt, param_shardings, replicated):
+  """Each optimizer-state leaf whose dict-key path ends with a parameter's path takes that
+  parameter's sharding; every other leaf (counters, scalars) is replicated."""
+  by_path = {tuple(k.key for k in path): sh for path, sh in
+             jax.tree_util.tree_leaves_with_path(param_shardings)}
+
+  def pick(path, _):
+    keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+    for i in range(len(keys)):
+      if keys[i:] in by_path:
+        return by_path[keys[i:]]
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt)
 
 
 def replicated_leaves(state, min_bytes: int) -> list[tuple[str, int]]:

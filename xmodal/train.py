@@ -15,24 +15,29 @@ import numpy as np
 import optax
 
 from xmodal import checkpoint, config as config_lib, embed, evaluate, losses, metrics as metrics_lib
-from xmodal import microbatch, optim, parallel, sharding
+from xmodal import init as init_lib, microbatch, optim, parallel, sharding
 from xmodal.data import pipeline
 from xmodal.models import model as model_lib
 
 
-def make_train_step(model, tx, objective, schedule, microbatches: int = 1):
+def make_train_step(model, tx, objective, schedule, microbatches: int = 1, seed: int = 0):
   """state {params, opt_state, step}, batch {modality: [B, ...]} -> (new state, metrics).
+
+  The towers run in train mode; their randomness (patch dropout) draws from the "dropout"
+  rng, the run's seed folded with the step (so a resumed run draws the same masks).
   microbatches > 1: the same gradient, one micro-batch's activations at a time
   (`config.train.microbatches`, see microbatch.py)."""
 
   def train_step(state, batch):
+    rng = jax.random.fold_in(jax.random.key(seed), state["step"])
+
     def loss_fn(params):
-      embeddings = model.apply({"params": params}, batch)
+      embeddings = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
       return objective(params, embeddings)
 
     if microbatches > 1:
       grad_fn = microbatch.value_and_grad(model, objective, microbatches)
-      (loss, per_pair), grads = grad_fn(state["params"], batch)
+      (loss, per_pair), grads = grad_fn(state["params"], batch, rng)
     else:
       (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -56,6 +61,7 @@ def init_state_fn(model, tx, config):
 
 # Sections a resumed run may change (longer training, eval or loader settings, the mesh).
 RESUMABLE_CHANGES = ("train.", "eval.", "data.num_workers", "data.read_threads", "mesh.")
+FIXED_CHANGES = ("train.frozen", "train.unfrozen")   # change the optimizer state's structure
 
 
 def save_config(config, workdir: str) -> None:
@@ -67,7 +73,8 @@ def save_config(config, workdir: str) -> None:
       saved = _flatten(json.load(f))
     now = _flatten(json.loads(config.to_json()))
     for key in sorted(set(saved) | set(now)):
-      if saved.get(key) != now.get(key) and not key.startswith(RESUMABLE_CHANGES):
+      if saved.get(key) != now.get(key) and (not key.startswith(RESUMABLE_CHANGES)
+                                             or key.startswith(FIXED_CHANGES)):
         raise config_lib.ConfigError(
             f"config.{key}: the workdir {workdir} holds a run with {key}={saved.get(key)!r}, "
             f"but this config has {now.get(key)!r}; use another --workdir to start a new run")
@@ -90,6 +97,10 @@ def _flatten(tree, prefix=""):
 def train(config, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
   config_lib.validate(config, jax.device_count())
+  if config.data.source == "synthetic":
+    raise config_lib.ConfigError(
+        "config.data.source: 'synthetic' pairs are for tests and tools/train_synthetic.py; "
+        "`xmodal train` reads 'shapes' or 'manifest'")
   mesh = parallel.make_mesh(config)
   with sharding.context(config, mesh):
     return _train(config, workdir, mesh)
@@ -134,11 +145,16 @@ def _train(config, workdir: str, mesh) -> dict:
     state = ckpt.restore(start, abstract_state, data_iter if same_topology else None)
     print(f"resumed from {checkpoint.checkpoint_dir(workdir)}/{start}"
           + ("" if same_topology else
-             f" (new topology: data from example {stream['first_example']})"), 
-          flush=True)
+             f" (new topology: data from example {stream['first_example']})"), flush=True)
   else:
     start = 0
     state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(config.seed))
+    if config.init["from"]:
+      state["params"] = init_lib.load_into(state["params"], config.init["from"],
+                                           config.init.map)
+      state["opt_state"] = jax.jit(tx.init, out_shardings=state_sharding["opt_state"])(
+          state["params"])
+      print(f"initialised from {config.init['from']}", flush=True)
   skipped_total = meta["skipped"] if meta is not None else 0      # over all processes
   eval_data = pipeline.eval_arrays(config)
   embedder = embed.Embedder(model, mesh, config.eval.batch_size)
@@ -148,7 +164,7 @@ def _train(config, workdir: str, mesh) -> dict:
   # ---------------------------------------------------------------- step
   batch_sharding = parallel.batch_sharding(mesh)
   step_fn = jax.jit(make_train_step(model, tx, objective, schedule,
-                                    config.train.microbatches),
+                                    config.train.microbatches, config.seed),
                     in_shardings=(state_sharding, {image_key: batch_sharding,
                                                    text_key: batch_sharding}),
                     out_shardings=(state_sharding, parallel.replicated(mesh)),

@@ -1,4 +1,4 @@
-"""Transformer building blocks shared by every tower (pre-LayerNorm encoder).
+"""Transformer building blocks shared by every tower.
 
 Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `vocab`, `norm`, ...);
 `config.sharding.rules` maps them to mesh axes (see xmodal/sharding.py). Activations are
@@ -8,15 +8,41 @@ the batch split over data x fsdp and gathers parameters (FSDP) rather than activ
 Attention projects with 2-D `Dense` layers and reshapes (rather than `DenseGeneral`) so that
 logical sharding annotations stay two-dimensional, and calls `jax.nn.dot_product_attention`,
 which picks cuDNN flash attention on GPUs and plain XLA elsewhere.
+
+Blocks are pre-LN (CLIP, SigLIP, ViT) or post-LN (BERT) by `norm_first`; the MLP activation
+is one of ACTIVATIONS. `Encoder` can rematerialise each block (`remat`) and scan over the
+blocks (`scan`: the parameters of all blocks are stacked on a leading "layers" axis under
+`blocks/`; `stack_blocks` / `unstack_blocks` convert between the two layouts).
 """
 
+import re
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
+
+
+def quick_gelu(x):
+  """CLIP's (OpenAI's) GELU approximation x * sigmoid(1.702 x)."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),   # SigLIP, big_vision; the default
+    "gelu": lambda x: nn.gelu(x, approximate=False),       # exact erf GELU (BERT, ViT-pytorch)
+    "quick_gelu": quick_gelu,                              # OpenAI CLIP
+    "relu": nn.relu,
+}
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def dense(features: int, axes: tuple[str, str], dtype, name: str, use_bias: bool = True):
@@ -26,8 +52,8 @@ def dense(features: int, axes: tuple[str, str], dtype, name: str, use_bias: bool
                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
 
 
-def layer_norm(dtype, name: str):
-  return nn.LayerNorm(dtype=dtype, name=name,
+def layer_norm(dtype, name: str, eps: float = 1e-6):
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, name=name,
                       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
 
@@ -38,20 +64,24 @@ def constrain(x):
 
 
 class Mlp(nn.Module):
-  """x [B, L, D] -> [B, L, D] through a GELU hidden layer of `hidden` units."""
+  """x [B, L, D] -> [B, L, D] through a hidden layer of `hidden` units and `act`."""
   hidden: int
   dtype: Dtype = jnp.float32
+  act: str = "gelu_tanh"
 
   @nn.compact
   def __call__(self, x):
     width = x.shape[-1]
     x = dense(self.hidden, ("embed", "mlp"), self.dtype, "fc1")(x)
-    x = nn.gelu(x)
+    x = ACTIVATIONS[self.act](x)
     return dense(width, ("mlp", "embed"), self.dtype, "fc2")(x)
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention. x [B, L, D], mask [B, L] bool (True = real token) or None."""
+  """Multi-head self-attention. x [B, L, D], mask [B, L] bool (True = real token) or None.
+
+  q, k and v come from one fused [D, 3D] kernel whose output columns are [q | k | v], each
+  laid out head by head."""
   num_heads: int
   causal: bool = False
   dtype: Dtype = jnp.float32
@@ -69,32 +99,135 @@ class SelfAttention(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-  """Pre-LN block: x + attn(ln(x)), then x + mlp(ln(x)). Shapes [B, L, D] -> [B, L, D]."""
+  """Pre-LN (norm_first): x + attn(ln1(x)), then x + mlp(ln2(x)).
+  Post-LN (BERT): ln1(x + attn(x)), then ln2(x + mlp(x)). Shapes [B, L, D] -> [B, L, D].
+  With `scanned`, returns (x, None) as nn.scan wants."""
   num_heads: int
   mlp_ratio: float = 4.0
   causal: bool = False
   dtype: Dtype = jnp.float32
+  act: str = "gelu_tanh"
+  norm_first: bool = True
+  eps: float = 1e-6
+  mlp_dim: int = 0
+  scanned: bool = False
 
   @nn.compact
   def __call__(self, x, mask=None):
-    y = layer_norm(self.dtype, "ln1")(x)
-    x = x + SelfAttention(self.num_heads, self.causal, self.dtype, name="attn")(y, mask)
-    y = layer_norm(self.dtype, "ln2")(x)
-    return constrain(x + Mlp(int(self.mlp_ratio * x.shape[-1]), self.dtype, name="mlp")(y))
+    hidden = self.mlp_dim or int(self.mlp_ratio * x.shape[-1])
+    attn = SelfAttention(self.num_heads, self.causal, self.dtype, name="attn")
+    mlp = Mlp(hidden, self.dtype, self.act, name="mlp")
+    ln1, ln2 = layer_norm(self.dtype, "ln1", self.eps), layer_norm(self.dtype, "ln2", self.eps)
+    if self.norm_first:
+      x = x + attn(ln1(x), mask)
+      x = constrain(x + mlp(ln2(x)))
+    else:
+      x = ln1(x + attn(x, mask))
+      x = constrain(ln2(x + mlp(x)))
+    return (x, None) if self.scanned else x
 
 
 class Encoder(nn.Module):
-  """`depth` EncoderBlocks and a final LayerNorm. [B, L, D] -> [B, L, D]."""
+  """`depth` EncoderBlocks and (if `final_norm`) a final LayerNorm. [B, L, D] -> [B, L, D].
+
+  remat: "none", "full" (recompute each block in the backward pass) or "dots" (keep matmul
+  outputs, recompute the rest). scan: one scanned block over stacked parameters (compiles
+  once whatever the depth)."""
   depth: int
   num_heads: int
   mlp_ratio: float = 4.0
   causal: bool = False
   dtype: Dtype = jnp.float32
+  act: str = "gelu_tanh"
+  norm_first: bool = True
+  eps: float = 1e-6
+  mlp_dim: int = 0
+  final_norm: bool = True
+  remat: str = "none"
+  scan: bool = False
 
   @nn.compact
   def __call__(self, x, mask=None):
     x = constrain(x)
-    for i in range(self.depth):
-      x = EncoderBlock(self.num_heads, self.mlp_ratio, self.causal, self.dtype,
-                       name=f"block_{i}")(x, mask)
-    return layer_norm(self.dtype, "ln_final")(x)
+    block = EncoderBlock
+    if self.remat != "none":
+      block = nn.remat(block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
+    kwargs = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, causal=self.causal,
+                  dtype=self.dtype, act=self.act, norm_first=self.norm_first, eps=self.eps,
+                  mlp_dim=self.mlp_dim)
+    if self.scan:
+      scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=nn.broadcast, length=self.depth,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = scanned(**kwargs, scanned=True, name="blocks")(x, mask)
+    else:
+      for i in range(self.depth):
+        x = block(**kwargs, name=f"block_{i}")(x, mask)
+    if self.final_norm:
+      x = layer_norm(self.dtype, "ln_final", self.eps)(x)
+    return x
+
+
+def stack_blocks(encoder_params: dict) -> dict:
+  """{block_0: tree, block_1: tree, ..., rest} -> {blocks: stacked tree, rest}: the layout of
+  an Encoder with scan=True. Works on numpy or jax arrays."""
+  names = sorted((k for k in encoder_params if re.fullmatch(r"block_\d+", k)),
+                 key=lambda k: int(k.split("_")[1]))
+  if not names:
+    return dict(encoder_params)
+  out = {k: v for k, v in encoder_params.items() if k not in names}
+  stack = np.stack if all(isinstance(x, np.ndarray) for n in names
+                          for x in jax.tree.leaves(encoder_params[n])) else jnp.stack
+  out["blocks"] = jax.tree.map(lambda *xs: stack(xs), *[encoder_params[n] for n in names])
+  return out
+
+
+def unstack_blocks(encoder_params: dict) -> dict:
+  """Inverse of stack_blocks."""
+  if "blocks" not in encoder_params:
+    return dict(encoder_params)
+  out = {k: v for k, v in encoder_params.items() if k != "blocks"}
+  depth = jax.tree.leaves(encoder_params["blocks"])[0].shape[0]
+  for i in range(depth):
+    out[f"block_{i}"] = jax.tree.map(lambda x: x[i], encoder_params["blocks"])
+  return out
+
+
+def map_transformers(params: dict, fn) -> dict:
+  """Applies fn to every `transformer` (Encoder) subtree of a nested params dict."""
+  out = {}
+  for k, v in params.items():
+    if k == "transformer" and isinstance(v, dict):
+      out[k] = fn(v)
+    elif isinstance(v, dict):
+      out[k] = map_transformers(v, fn)
+    else:
+      out[k] = v
+  return out
+
+
+class MapHead(nn.Module):
+  """Multihead attention pooling (big_vision MAPHead, SigLIP): a learned probe attends over
+  x [B, L, D]; then probe + MLP(LN(probe)). Returns [B, D]."""
+  num_heads: int
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+  act: str = "gelu_tanh"
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    batch, length, width = x.shape
+    head_dim = width // self.num_heads
+    probe = self.param("probe", nn.with_logical_partitioning(
+        nn.initializers.xavier_uniform(), (None, None, "embed")), (1, 1, width))
+    q = dense(width, ("embed", "heads"), self.dtype, "query")(
+        jnp.broadcast_to(probe, (batch, 1, width)).astype(self.dtype))
+    kv = dense(2 * width, ("embed", "heads"), self.dtype, "kv")(x)
+    q = q.reshape(batch, 1, self.num_heads, head_dim)
+    kv = kv.reshape(batch, length, 2, self.num_heads, head_dim)
+    out = jax.nn.dot_product_attention(q, kv[:, :, 0], kv[:, :, 1])
+    y = dense(width, ("heads", "embed"), self.dtype, "out")(out.reshape(batch, 1, width))
+    y = y + Mlp(self.mlp_dim, self.dtype, self.act, name="mlp")(
+        layer_norm(self.dtype, "ln", self.eps)(y))
+    return y[:, 0]

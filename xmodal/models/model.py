@@ -1,7 +1,8 @@
 """The multi-tower model: {modality: input} -> {modality: unit-norm embedding [B, embed_dim]}.
 
 Towers are built from `config.towers` (the key is the modality name, `kind` picks the
-module); each is followed by a bias-free linear head to `model.embed_dim`. The model also
+module); each is followed by a head to `model.embed_dim` (bias-free linear by default, an MLP
+projector, or none). The model also
 owns the loss's learnable scalars: `logit_scale` (log of the temperature's inverse, CLIP
 style) and, for the sigmoid loss, `logit_bias`. Parameter names are
 `{modality}/encoder/block_3/mlp/fc1/kernel`, `{modality}/head/kernel`, `logit_scale`, ...
@@ -14,8 +15,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from xmodal import default_config
+
 from xmodal.data import tokenizer as tokenizer_lib
-from xmodal.models import layers, text, vit
+from xmodal.models import layers, modalities, text, vit
 
 LOSS_INIT = {  # (scale, bias) defaults: CLIP 1/0.07; SigLIP t=10, b=-10
     "softmax": (1 / 0.07, None),
@@ -23,33 +26,79 @@ LOSS_INIT = {  # (scale, bias) defaults: CLIP 1/0.07; SigLIP t=10, b=-10
 }
 
 
+def resolved_vit(cfg: ml_collections.ConfigDict) -> dict:
+  """The ViT tower's size fields with `variant` ("B/16") applied over them."""
+  out = dict(width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
+             patch_size=cfg.patch_size)
+  if cfg.get("variant"):
+    out.update(vit.parse_variant(cfg.variant))
+  return out
+
+
+def _encoder_kwargs(cfg) -> dict:
+  return dict(mlp_ratio=cfg.mlp_ratio, mlp_dim=cfg.mlp_dim, act=cfg.act,
+              norm_first=cfg.norm_first, pre_norm=cfg.pre_norm, final_norm=cfg.final_norm,
+              layer_norm_eps=cfg.layer_norm_eps, remat=cfg.remat, scan=cfg.scan)
+
+
+def with_defaults(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The tower section over its kind's defaults (configs saved before a field existed)."""
+  if cfg.kind not in default_config.TOWER_DEFAULTS:
+    return cfg
+  full = default_config.tower_defaults(cfg.kind)
+  full.update(cfg.to_dict())
+  return full
+
+
 def build_tower(cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict, name: str,
                 dtype) -> nn.Module:
   """One tower module from its config section."""
+  cfg = with_defaults(cfg)
   if cfg.kind == "vit":
-    return vit.ViT(patch_size=cfg.patch_size, width=cfg.width, depth=cfg.depth,
-                   num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, pool=cfg.pool,
-                   dtype=dtype, input_normalized=config.data.normalize == "clip", name=name)
+    kw = _encoder_kwargs(cfg)
+    kw.update(resolved_vit(cfg))
+    return vit.ViT(pool=cfg.pool, pos_embed=cfg.pos_embed, patch_dropout=cfg.patch_dropout,
+                   norm_mean=tuple(cfg.norm_mean), norm_std=tuple(cfg.norm_std), dtype=dtype,
+                   input_normalized=config.data.normalize == "clip", name=name, **kw)
   if cfg.kind == "text":
     tok = tokenizer_lib.get_tokenizer(config)
-    return text.TextTransformer(vocab_size=tok.vocab_size, context_length=tok.context_length,
+    return text.TextTransformer(vocab_size=cfg.vocab_size or tok.vocab_size,
+                                context_length=cfg.context_length or tok.context_length,
                                 width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads,
-                                mlp_ratio=cfg.mlp_ratio, causal=cfg.causal, pool=cfg.pool,
-                                pad_id=tok.pad_id, dtype=dtype, name=name)
+                                causal=cfg.causal, pool=cfg.pool, pad_id=tok.pad_id,
+                                type_vocab_size=cfg.type_vocab_size, dtype=dtype, name=name,
+                                **_encoder_kwargs(cfg))
+  if cfg.kind in modalities.TOWERS:
+    return modalities.build(cfg, config, name, dtype)
   raise ValueError(f"config.towers.{name}.kind: unknown tower kind {cfg.kind!r}")
 
 
 class Tower(nn.Module):
-  """Encoder followed by a linear head; output float32 unit vectors [B, embed_dim]."""
+  """Encoder followed by a head (linear, or none); output float32 [B, embed_dim], unit
+  vectors unless normalize=False."""
   cfg: ml_collections.ConfigDict
   config: ml_collections.ConfigDict
   dtype: object
 
   @nn.compact
-  def __call__(self, x):
-    features = build_tower(self.cfg, self.config, "encoder", self.dtype)(x)
-    z = layers.dense(self.config.model.embed_dim, ("embed", "proj"), self.dtype, "head",
-                     use_bias=False)(features).astype(jnp.float32)
+  def __call__(self, x, train: bool = False, normalize: bool = True):
+    features = build_tower(self.cfg, self.config, "encoder", self.dtype)(x, train=train)
+    cfg = with_defaults(self.cfg)
+    head = cfg.head
+    embed_dim = self.config.model.embed_dim
+    if head == "linear":
+      z = layers.dense(embed_dim, ("embed", "proj"), self.dtype, "head",
+                       use_bias=cfg.head_bias)(features)
+    elif head == "mlp":        # projector (e.g. over a frozen pretrained encoder)
+      hidden = cfg.head_hidden or features.shape[-1]
+      h = nn.gelu(layers.dense(hidden, ("embed", "mlp"), self.dtype, "head_hidden")(features))
+      z = layers.dense(embed_dim, ("mlp", "proj"), self.dtype, "head",
+                       use_bias=cfg.head_bias)(h)
+    else:
+      z = features
+    z = z.astype(jnp.float32)
+    if not normalize:
+      return z
     return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
 
 
@@ -58,7 +107,9 @@ class MultiTower(nn.Module):
   config: ml_collections.ConfigDict
 
   @nn.compact
-  def __call__(self, inputs: dict) -> dict:
+  def __call__(self, inputs: dict, train: bool = False, normalize: bool = True) -> dict:
+    """train: turns on train-time randomness (patch dropout; needs a "dropout" rng).
+    normalize=False returns the heads' raw outputs (for parity checks against references)."""
     config = self.config
     dtype = jnp.bfloat16 if config.model.compute_dtype == "bfloat16" else jnp.float32
     unknown = set(inputs) - set(config.towers.keys())
@@ -68,7 +119,8 @@ class MultiTower(nn.Module):
     self.param("logit_scale", nn.initializers.constant(math.log(scale)), ())
     if bias is not None:
       self.param("logit_bias", nn.initializers.constant(bias), ())
-    return {m: Tower(config.towers[m], config, dtype, name=m)(x) for m, x in inputs.items()}
+    return {m: Tower(config.towers[m], config, dtype, name=m)(x, train, normalize)
+            for m, x in inputs.items()}
 
 
 def initial_scale_and_bias(config) -> tuple[float, float | None]:
@@ -100,4 +152,6 @@ def dummy_inputs(config, batch: int = 1) -> dict:
       out[m] = jnp.zeros((batch, config.data.image_size, config.data.image_size, 3), jnp.uint8)
     elif cfg.kind == "text":
       out[m] = jnp.zeros((batch, config.data.context_length), jnp.int32)
+    else:
+      out[m] = modalities.dummy_input(cfg, config, batch)
   return out
