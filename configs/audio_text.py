@@ -1,8 +1,9 @@
 """Audio-text: a patch-transformer over log-mel spectrograms (numpy front end,
 xmodal/data/audio.py) paired with the byte-level text tower, softmax loss.
 
-Command (synthetic tone/caption pairs; there is no audio manifest reader yet):
-  python tools/train_synthetic.py --config configs/audio_text.py --steps 300 --classes 8
+Command (data.source="synthetic": generated tone/caption pairs of 8 latent classes; there
+is no audio manifest reader yet):
+  xmodal train --config=configs/audio_text.py --workdir=runs/audio_text
 Expected hardware: CPU (2 cores) is enough: ~1-3 minutes.
 Expected result: loss falls from ~log(batch) toward ~1.5 and audio->text class retrieval
   accuracy well above chance (1/8); tests/test_modalities.py checks the same recipe at a

@@ -17,6 +17,12 @@ def test_config_file_validates(path, tmp_path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(None)
+  if config.data.source == "features":
+    import numpy as np
+    for name in ("train_files", "eval_files"):
+      np.savez(tmp_path / f"{name}.npz", label=np.zeros(4, np.int32),
+               **{m: np.zeros((4, t.features), np.float32) for m, t in config.towers.items()})
+      config.data[name] = str(tmp_path / f"{name}.npz")
   if config.data.source == "manifest":
     for name in ("train_manifest", "eval_manifest"):
       (tmp_path / f"{name}.jsonl").write_text('{"image": "a.jpg", "caption": "x"}\n')

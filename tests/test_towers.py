@@ -10,7 +10,7 @@ import pytest
 from xmodal import config as config_lib, convert, init as init_lib, losses, optim, train
 from xmodal.data import tokenizer as tokenizer_lib
 from xmodal.models import layers, model as model_lib, vit
-from conftest import make_tiny_config
+from tiny import make_tiny_config
 
 
 def _inputs(config, n=4, seed=0):

@@ -17,8 +17,9 @@ CHOICES = {
     "loss.impl": ("dense", "gathered", "ring"),
     "model.compute_dtype": ("float32", "bfloat16"),
     "data.source": ("shapes", "manifest", "webdataset", "arrayrecord", "tfds", "mixture",
-                    "synthetic"),
-    "data.eval_source": ("", "shapes", "manifest", "webdataset", "arrayrecord", "tfds"),
+                    "synthetic", "features"),
+    "data.eval_source": ("", "shapes", "manifest", "webdataset", "arrayrecord", "tfds",
+                         "synthetic", "features"),
     "data.tokenizer": ("bytes", "sentencepiece", "hf", "clip"),
     "data.captions": ("sample", "first", "all"),
     "data.image_dtype": ("uint8", "float32"),
@@ -156,7 +157,7 @@ def validate(config, num_devices: int) -> None:
       raise ConfigError(f"config.towers.{modality}.patch_dropout: must be in [0, 1)")
   # Data sources the step understands: one image tower and one text tower per example.
   kinds = sorted(t.kind for t in towers.values())
-  if config.data.source != "synthetic" and kinds != ["text", "vit"]:
+  if config.data.source not in ("synthetic", "features") and kinds != ["text", "vit"]:
     raise ConfigError(
         f"config.towers: data.source={config.data.source!r} gives image/caption pairs, so it "
         f"needs one 'vit' and one 'text' tower, got kinds {kinds}")
@@ -255,7 +256,7 @@ def _check_kind(config, kind: str, split: str, field: str, pattern: str):
   """One source kind of one split; `field` names the config field holding `pattern`."""
   d = config.data
   why = f"when the {split} data is {kind!r}"
-  if kind in ("manifest", "webdataset", "arrayrecord"):
+  if kind in ("manifest", "webdataset", "arrayrecord", "features"):
     _check_files(field, pattern, why)
   elif kind == "tfds":
     if not d.tfds_name:
@@ -290,7 +291,7 @@ def _validate_data(config):
     _check_kind(config, "manifest", "train", field, d.train_files or d.train_manifest)
   elif d.source == "tfds":
     _check_kind(config, "tfds", "train", "data.tfds_train_split", d.tfds_train_split)
-  elif d.source != "shapes":
+  elif d.source not in ("shapes", "synthetic"):
     _check_kind(config, d.source, "train", "data.train_files", d.train_files)
   # Eval split.
   kind = d.eval_source or d.source
@@ -299,7 +300,7 @@ def _validate_data(config):
     _check_kind(config, "manifest", "eval", field, d.eval_files or d.eval_manifest)
   elif kind == "tfds":
     _check_kind(config, "tfds", "eval", "data.tfds_eval_split", d.tfds_eval_split)
-  elif kind != "shapes":
+  elif kind not in ("shapes", "synthetic"):
     _check_kind(config, kind, "eval", "data.eval_files", d.eval_files)
   # Images and text.
   if d.image_dtype == "uint8" and d.normalize != "none":

@@ -215,6 +215,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
       read_threads=2,                  # decode threads per process (per worker)
       shapes_train_size=200_000,       # embedded dataset sizes
       shapes_eval_size=500,
+      synthetic_classes=8,             # data.source="synthetic": latent classes of the pairs
+      synthetic_train_size=100_000,
+      synthetic_eval_size=256,
   ))
 
   config.optim = ConfigDict(dict(

@@ -97,10 +97,6 @@ def _flatten(tree, prefix=""):
 def train(config, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
   config_lib.validate(config, jax.device_count())
-  if config.data.source == "synthetic":
-    raise config_lib.ConfigError(
-        "config.data.source: 'synthetic' pairs are for tests and tools/train_synthetic.py; "
-        "`xmodal train` reads 'shapes' or 'manifest'")
   mesh = parallel.make_mesh(config)
   with sharding.context(config, mesh):
     return _train(config, workdir, mesh)
@@ -114,7 +110,8 @@ def _train(config, workdir: str, mesh) -> dict:
   objective = losses.make_objective(config, mesh)
   save_config(config, workdir)
   writer = metrics_lib.MetricWriter(workdir)
-  image_key, text_key = pipeline.modality_names(config)
+  modalities = list(config.towers)           # batch keys: one per tower
+  first_pair = config_lib.loss_pairs(config)[0]
   logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
                jax.process_count())
 
@@ -165,8 +162,7 @@ def _train(config, workdir: str, mesh) -> dict:
   batch_sharding = parallel.batch_sharding(mesh)
   step_fn = jax.jit(make_train_step(model, tx, objective, schedule,
                                     config.train.microbatches, config.seed),
-                    in_shardings=(state_sharding, {image_key: batch_sharding,
-                                                   text_key: batch_sharding}),
+                    in_shardings=(state_sharding, {m: batch_sharding for m in modalities}),
                     out_shardings=(state_sharding, parallel.replicated(mesh)),
                     donate_argnums=0)
 
@@ -175,7 +171,8 @@ def _train(config, workdir: str, mesh) -> dict:
     results, z = evaluate.run(config, embedder, state["params"], eval_data)
     results["eval/time_s"] = time.time() - t0
     writer.write(step, results, "eval: ")
-    metrics_lib.plot_similarity(workdir, z[image_key], z[text_key], image_key, text_key, step)
+    a, b = first_pair
+    metrics_lib.plot_similarity(workdir, z[a], z[b], a, b, step)
     return results
 
   # ---------------------------------------------------------------- loop
@@ -188,7 +185,7 @@ def _train(config, workdir: str, mesh) -> dict:
     local = next(data_iter)
     skipped_local += int(local["skipped"].sum())
     epoch = max(epoch, int(local["epoch"].max()))
-    batch = parallel.global_batch(mesh, {image_key: local[image_key], text_key: local[text_key]})
+    batch = parallel.global_batch(mesh, {m: local[m] for m in modalities})
     state, step_metrics = step_fn(state, batch)
     pending.append(step_metrics)
     done = step + 1

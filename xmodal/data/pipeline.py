@@ -29,7 +29,12 @@ import logging
 import grain
 import numpy as np
 
-from xmodal.data import manifest, shapes, sources, tokenizer as tokenizer_lib, transforms
+from xmodal.data import manifest, shapes, sources, synthetic, tokenizer as tokenizer_lib
+from xmodal.data import transforms
+
+# Sources whose records are already tower inputs ({modality: array, "label"}): no decoding,
+# augmentation or tokenizing, any towers.
+READY_SOURCES = ("synthetic", "features")
 
 SOURCE_KINDS = ("shapes", "manifest", "webdataset", "arrayrecord", "tfds")
 # A run of this many unreadable examples in a row means the data is broken, not noisy:
@@ -40,7 +45,17 @@ MAX_CONSECUTIVE_BAD = 10_000
 def modality_names(config) -> tuple[str, str]:
   """(image modality, text modality): the names of the 'vit' and 'text' towers."""
   by_kind = {cfg.kind: name for name, cfg in config.towers.items()}
+  if "vit" not in by_kind or "text" not in by_kind:
+    raise ValueError(f"config.towers: image/caption data needs a 'vit' and a 'text' tower, "
+                     f"got {sorted(by_kind)}")
   return by_kind["vit"], by_kind["text"]
+
+
+def ready_source(config, split: str = "train") -> bool:
+  """True if `split` comes from a source of tower-ready records (READY_SOURCES)."""
+  kind = config.data.source if split == "train" else (config.data.eval_source or
+                                                      config.data.source)
+  return kind in READY_SOURCES
 
 
 def parse_mixture(spec: str) -> list[tuple[str, str, float]]:
@@ -84,6 +99,11 @@ def open_source(kind: str, pattern: str, config, split: str):
     return sources.ArrayRecordSource(pattern)
   if kind == "tfds":
     return sources.TfdsSource(d.tfds_name, pattern, d.tfds_data_dir, d.tfds_keys)
+  if kind == "synthetic":
+    size = d.synthetic_train_size if split == "train" else d.synthetic_eval_size
+    return synthetic.SyntheticSource(config, split, size, d.synthetic_classes)
+  if kind == "features":
+    return sources.FeaturesSource(pattern)
   raise ValueError(f"config.data.source: unknown source kind {kind!r}")
 
 
@@ -96,8 +116,8 @@ def source_specs(config, split: str) -> list[tuple[str, str, float]]:
     kind = d.source
   else:
     kind = d.eval_source or d.source
-  if kind == "shapes":
-    return [("shapes", "", 1.0)]
+  if kind in ("shapes", "synthetic"):
+    return [(kind, "", 1.0)]
   if kind == "tfds":
     return [("tfds", d.tfds_train_split if split == "train" else d.tfds_eval_split, 1.0)]
   if kind == "manifest":
@@ -311,7 +331,8 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1,
     logging.info("train source %d: %r, weight %g", i, source, weight)
     parts.append(_global_stream(source, config.seed + 7919 * i, i))
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [w for _, _, w in specs])
-  ds = ds.random_map(preprocess_for(config, train=True), seed=config.seed + 1)
+  if not ready_source(config, "train"):
+    ds = ds.random_map(preprocess_for(config, train=True), seed=config.seed + 1)
   ds = ds[first_example + process_index::process_count]
   local_batch = config.batch_size // process_count
   # Few reader threads: on small hosts more only fight the train step for cores.
@@ -327,14 +348,20 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1,
   return ds
 
 
-def eval_arrays(config, max_examples: int | None = None) -> dict:
-  """The whole held-out split as numpy: {image modality, text modality, "label", "caption"}.
+def eval_arrays(config, max_examples: int | None = None, split: str = "eval") -> dict:
+  """The whole held-out split (or the first `max_examples` of `split`) as numpy, with
+  evaluation preprocessing (no augmentation): {modality: [N, ...], "label", "caption"}.
 
   Bad rows are dropped; "skipped" is their count. Eval sets are read once and kept in
   memory, so keep them to what fits (thousands, not millions).
   """
-  source = make_source(config, "eval")
+  source = make_source(config, split)
   n = len(source) if max_examples is None else min(max_examples, len(source))
+  if ready_source(config, split):
+    records = [source[i] for i in range(n)]
+    out = {k: np.stack([r[k] for r in records]) for k in records[0]}
+    out["skipped"] = 0
+    return out
   prep = preprocess_for(config, train=False)
   rng = np.random.default_rng(0)
   examples, captions, skipped = [], [], 0

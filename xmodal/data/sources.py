@@ -386,3 +386,40 @@ def image_bytes(record_image) -> bytes:
   buf = io.BytesIO()
   Image.fromarray(np.asarray(record_image, np.uint8)).save(buf, "PNG")
   return buf.getvalue()
+
+
+class FeaturesSource:
+  """Cached features (`tools/cache_features.py`): one or more .npz files, each holding
+  {modality: float32 [N, F_modality], "label": int [N] (optional)}. Record i ->
+  {modality: [F], "label"}: tower-ready, for `vector` towers with encoder="identity" (and
+  usually head="mlp"), so frozen encoders run once per example, not once per epoch."""
+
+  def __init__(self, pattern: str):
+    self.paths = expand_pattern(pattern)
+    if not self.paths:
+      raise SourceError(f"no features file matches {pattern!r}")
+    parts = []
+    for path in self.paths:
+      with np.load(path) as f:
+        parts.append({k: f[k] for k in f.files})
+    keys = set(parts[0])
+    for path, part in zip(self.paths, parts):
+      if set(part) != keys:
+        raise SourceError(f"{path}: arrays {sorted(part)} differ from {self.paths[0]}'s "
+                          f"{sorted(keys)}")
+    self.arrays = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    sizes = {k: len(v) for k, v in self.arrays.items()}
+    if len(set(sizes.values())) != 1:
+      raise SourceError(f"{pattern}: arrays have different lengths {sizes}")
+    self._length = next(iter(sizes.values()))
+    if "label" not in self.arrays:
+      self.arrays["label"] = np.full(self._length, -1, np.int32)
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int) -> dict:
+    return {k: (np.int32(v[index]) if k == "label" else v[index]) for k, v in self.arrays.items()}
+
+  def __repr__(self):
+    return f"FeaturesSource({self.paths}, {self._length} rows, arrays {sorted(self.arrays)})"

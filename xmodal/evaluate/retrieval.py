@@ -7,9 +7,10 @@ import numpy as np
 def recall_at_k(queries, gallery, ks=(1, 5, 10)) -> dict:
   """queries [N, D], gallery [N, D] (unit vectors, row i matches row i) -> {"R@k": ..}."""
   scores = queries @ gallery.T
-  # rank of the true match: how many gallery items score strictly higher.
+  # rank of the true match: how many other gallery items score at least as high (ties
+  # count against, so duplicate gallery items cannot all be "found" at rank 0).
   true = np.diag(scores)
-  rank = (scores > true[:, None]).sum(axis=1)
+  rank = (scores > true[:, None]).sum(axis=1) + (scores == true[:, None]).sum(axis=1) - 1
   return {f"R@{k}": float(np.mean(rank < k)) for k in ks}
 
 
