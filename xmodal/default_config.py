@@ -22,6 +22,26 @@ from xmodal.data import shapes
 ConfigDict = ml_collections.ConfigDict
 
 
+def _image_text_common() -> dict:
+  """Fields the vit and text towers share (speed, architecture, head)."""
+  return dict(
+      # Speed (every transformer tower).
+      remat="none",        # "none", "full" (recompute blocks in backward) or "dots" (keep matmuls)
+      scan=False,          # nn.scan over blocks: params stacked under transformer/blocks
+      # Architecture; the defaults are xmodal's own pre-LN towers.
+      mlp_dim=0,           # MLP hidden units; 0 = mlp_ratio * width
+      act="gelu_tanh",     # "gelu_tanh", "gelu" (exact), "quick_gelu" (OpenAI CLIP), "relu"
+      norm_first=True,     # pre-LN blocks (CLIP, ViT); False = post-LN (BERT)
+      pre_norm=False,      # LayerNorm after the embeddings (CLIP ViT ln_pre, BERT emb. LN)
+      final_norm=True,     # LayerNorm after the last block
+      layer_norm_eps=1e-6,
+      # Projection to model.embed_dim after pooling.
+      head="linear",       # "linear", "mlp" (2-layer projector) or "none" (width == embed_dim)
+      head_bias=False,
+      head_hidden=0,       # hidden units of the "mlp" head; 0 = width
+  )
+
+
 def vit_defaults() -> ConfigDict:
   """A ViT image tower (models/vit.py). Input: uint8 images [B, H, W, 3]."""
   return ConfigDict(dict(
@@ -37,20 +57,7 @@ def vit_defaults() -> ConfigDict:
       patch_dropout=0.0,   # FLIP: fraction of patch tokens dropped at train time
       norm_mean=(0.48145466, 0.4578275, 0.40821073),   # pixel normalisation (CLIP's)
       norm_std=(0.26862954, 0.26130258, 0.27577711),   # SigLIP: (0.5,)*3 and (0.5,)*3
-      # Speed (every transformer tower).
-      remat="none",        # "none", "full" (recompute blocks in backward) or "dots" (keep matmuls)
-      scan=False,          # nn.scan over blocks: params stacked under transformer/blocks
-      # Architecture; the defaults are xmodal's own pre-LN towers.
-      mlp_dim=0,           # MLP hidden units; 0 = mlp_ratio * width
-      act="gelu_tanh",     # "gelu_tanh", "gelu" (exact), "quick_gelu" (OpenAI CLIP), "relu"
-      norm_first=True,     # pre-LN blocks (CLIP, ViT); False = post-LN (BERT)
-      pre_norm=False,      # LayerNorm after the embeddings (CLIP ViT ln_pre, BERT emb. LN)
-      final_norm=True,     # LayerNorm after the last block
-      layer_norm_eps=1e-6,
-      # Projection to model.embed_dim after pooling.
-      head="linear",       # "linear", "mlp" (2-layer projector) or "none" (width == embed_dim)
-      head_bias=False,
-      head_hidden=0,       # hidden units of the "mlp" head; 0 = width
+      **_image_text_common(),
   ))
 
 
@@ -68,20 +75,7 @@ def text_defaults() -> ConfigDict:
       vocab_size=0,        # 0 = the tokenizer's
       context_length=0,    # position embeddings; 0 = data.context_length
       type_vocab_size=0,   # BERT token-type embeddings (type 0 is added); 0 = none
-      # Speed (every transformer tower).
-      remat="none",        # "none", "full" (recompute blocks in backward) or "dots" (keep matmuls)
-      scan=False,          # nn.scan over blocks: params stacked under transformer/blocks
-      # Architecture; the defaults are xmodal's own pre-LN towers.
-      mlp_dim=0,           # MLP hidden units; 0 = mlp_ratio * width
-      act="gelu_tanh",     # "gelu_tanh", "gelu" (exact), "quick_gelu" (OpenAI CLIP), "relu"
-      norm_first=True,     # pre-LN blocks (CLIP, ViT); False = post-LN (BERT)
-      pre_norm=False,      # LayerNorm after the embeddings (CLIP ViT ln_pre, BERT emb. LN)
-      final_norm=True,     # LayerNorm after the last block
-      layer_norm_eps=1e-6,
-      # Projection to model.embed_dim after pooling.
-      head="linear",       # "linear", "mlp" (2-layer projector) or "none" (width == embed_dim)
-      head_bias=False,
-      head_hidden=0,       # hidden units of the "mlp" head; 0 = width
+      **_image_text_common(),
   ))
 
 
