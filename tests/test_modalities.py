@@ -120,3 +120,10 @@ def test_model_cards_validate_and_the_audio_card_trains(tmp_path):
       "data.synthetic_classes": 4, "data.synthetic_eval_size": 64, "eval.batch_size": 32})
   final = train.train(config, str(tmp_path))
   assert final["retrieval/audio->text/class_top1"] > 0.5, final   # chance 0.25
+  # The notebook view takes tower-ready arrays for non-image towers.
+  import xmodal
+  loaded = xmodal.load(str(tmp_path))
+  batch, labels = synthetic.paired_batch(config, 8, np.random.default_rng(5), 4)
+  sim = loaded.similarity(audio=batch["audio"], text=batch["text"])
+  same = labels[:, None] == labels[None, :]
+  assert sim.shape == (8, 8) and sim[same].mean() > sim[~same].mean()

@@ -40,12 +40,18 @@ class LoadedModel:
 
   def preprocess(self, modality: str, inputs) -> np.ndarray:
     """Raw inputs -> the tower's input array. Images: uint8 arrays [N, H, W, 3] (any H, W),
-    a list of such arrays, PIL images or file paths. Text: a list of strings."""
+    a list of such arrays, PIL images or file paths. Text: a list of strings (or int token
+    ids [N, L]). Other towers
+    (audio, video, volume, vector, signal): arrays already in the tower's input format."""
     kind = self.config.towers[modality].kind
     if kind == "text":
+      if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "iu":
+        return inputs                     # already token ids [N, L]
       if isinstance(inputs, str):
         inputs = [inputs]
       return self.tokenizer.encode_batch(list(inputs))
+    if kind != "vit":
+      return np.asarray(inputs)
     size = self.config.data.image_size
     out = []
     for item in inputs:
