@@ -3,6 +3,7 @@ eval center crop, float / CLIP-normalised output."""
 
 import io
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -18,18 +19,53 @@ def _photo(size=(512, 384), seed=0) -> bytes:
   return buf.getvalue()
 
 
-def test_reduced_decode_is_used_and_matches_a_full_decode():
-  data = _photo()
-  img, factor = transforms._reduced(transforms.open_image(data), 480, 380, 160)
-  assert factor == 2 and img.size == (256, 192)            # 1/2 keeps the box >= 160
-  img, factor = transforms._reduced(transforms.open_image(data), 200, 200, 160)
-  assert factor == 1                                      # 1/2 would leave 100 < 160
-  for seed in range(5):
-    fast = transforms.decode_random_crop(data, 112, np.random.default_rng(seed), (0.5, 1.0))
-    slow = transforms.decode_random_crop(data, 112, np.random.default_rng(seed), (0.5, 1.0),
-                                         full_decode=True)
-    assert fast.shape == slow.shape == (112, 112, 3) and fast.dtype == np.uint8
-    assert np.abs(fast.astype(float) - slow).mean() < 4.0  # same crop, same content
+def _psnr(a, b) -> float:
+  mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+  return 10 * np.log10(255.0 ** 2 / mse)
+
+
+def _texture(rng, size=(400, 300), cell=2) -> np.ndarray:
+  """Fine random texture: detail near the frequencies a 2x+ downscale must filter out."""
+  small = rng.integers(0, 256, (size[1] // cell, size[0] // cell, 3), dtype=np.uint8)
+  return np.asarray(Image.fromarray(small).resize(size, Image.BICUBIC))
+
+
+def test_resize_matches_pil_antialiased_bilinear():
+  """`resize` (Gaussian pre-blur + cv2 bilinear) against PIL's antialiased bilinear, on
+  textures where plain bilinear aliases: close to PIL, and far better than no blur."""
+  rng = np.random.default_rng(0)
+  for cell in (2, 3):
+    img = _texture(rng, cell=cell)
+    for out in ((300, 225), (200, 150), (108, 81), (64, 48), (600, 450)):
+      ref = np.asarray(Image.fromarray(img).resize(out, Image.BILINEAR))
+      ours = transforms.resize(img, *out)
+      assert ours.shape == ref.shape and ours.dtype == np.uint8
+      assert _psnr(ours, ref) > 33.0, (cell, out, _psnr(ours, ref))
+      if out[0] <= 200:                      # 2x or more: unfiltered bilinear aliases
+        plain = cv2.resize(img, out, interpolation=cv2.INTER_LINEAR)
+        assert _psnr(plain, ref) < 30.0 < _psnr(ours, ref) - 10
+
+
+def test_reduced_decode_is_used_and_matches_a_full_pil_decode():
+  data = _photo()                                          # 512 x 384
+  assert transforms._decode_for_box(data, 512, 384, 480, 380, 160).shape == (192, 256, 3)
+  assert transforms._decode_for_box(data, 512, 384, 200, 200, 160).shape == (384, 512, 3)
+  buf = io.BytesIO()                        # 4-pixel texture: misalignment would show
+  Image.fromarray(_texture(np.random.default_rng(1), (512, 384), 4)).save(buf, "JPEG",
+                                                                           quality=95)
+  data = buf.getvalue()
+  reductions = set()
+  for seed in range(6):
+    fast = transforms.decode_random_crop(data, 112, np.random.default_rng(seed), (0.3, 1.0))
+    # The same box, cut from PIL's full-size decode and resized by PIL.
+    ref = transforms.reference_random_crop(data, 112, np.random.default_rng(seed), (0.3, 1.0))
+    _, _, w, h = transforms.sample_crop(512, 384, np.random.default_rng(seed), (0.3, 1.0))
+    reductions.add(transforms._reduction(w, h, 112))
+    assert fast.shape == ref.shape == (112, 112, 3) and fast.dtype == np.uint8
+    # 1/2-scale DCT decode vs PIL's filter: ~30-40 dB; one pixel off would be ~16 dB.
+    assert _psnr(fast, ref) > 27.0, (seed, _psnr(fast, ref))
+    assert _psnr(np.roll(ref, 1, axis=1), ref) < 20.0
+  assert reductions == {1, 2}                              # both paths were checked
 
 
 def test_flip_and_crop_are_seeded():

@@ -181,13 +181,12 @@ class Preprocess(grain.transforms.RandomMap):
     image = record["image"]
     try:
       if isinstance(image, np.ndarray):
-        from PIL import Image
-        img = Image.fromarray(image)
-        pixels = (transforms.random_resized_crop(img, self.image_size, rng, self.crop_scale,
-                                                 self.crop_ratio) if self.train
-                  else transforms.resize_center_crop(img, self.image_size))
-        if self.train and self.flip and rng.random() < 0.5:
-          pixels = pixels[:, ::-1]
+        if self.train:
+          pixels = transforms.random_resized_crop(image, self.image_size, rng, self.crop_scale,
+                                                  self.crop_ratio, self.flip)
+        else:
+          from PIL import Image
+          pixels = transforms.resize_center_crop(Image.fromarray(image), self.image_size)
       elif self.train:
         pixels = transforms.decode_random_crop(image, self.image_size, rng, self.crop_scale,
                                                self.crop_ratio, self.flip)
