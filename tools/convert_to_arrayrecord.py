@@ -11,6 +11,10 @@
   manifest    JSONL / CSV / TSV / Parquet manifests (brace/glob pattern), columns set by
               --image_key / --caption_key / --label_key.
   webdataset  tar shards (brace/glob pattern): {key}.jpg|png|webp + {key}.txt [+ .json, .cls].
+  tfds        NAME or NAME:SPLIT (default split "train") of a tensorflow-datasets ArrayRecord
+              build under --tfds_data_dir, read through `tfds.data_source` (no TensorFlow);
+              features mapped by --tfds_keys as for `data.tfds_keys`, e.g.
+              "image=image,caption=captions/text,label=label".
 
 Output: {output}-{i:05d}-of-{n:05d}.arrayrecord, each holding --records_per_shard input rows
 (in input order; the training pipeline shuffles globally), with a {shard}.json of its
@@ -87,8 +91,11 @@ def open_input(spec: str, args):
     return manifest.ManifestSource(pattern, args.image_key, args.caption_key, args.label_key)
   if kind == "webdataset":
     return sources.WebDatasetSource(pattern, args.caption_key, args.label_key)
-  raise SystemExit(f"--input: expected folder:PATH, manifest:PATTERN or webdataset:PATTERN, "
-                   f"got {spec!r}")
+  if kind == "tfds" and pattern:
+    name, _, split = pattern.partition(":")
+    return sources.TfdsSource(name, split or "train", args.tfds_data_dir, args.tfds_keys)
+  raise SystemExit(f"--input: expected folder:PATH, manifest:PATTERN, webdataset:PATTERN or "
+                   f"tfds:NAME[:SPLIT], got {spec!r}")
 
 
 def clean_captions(caption):
@@ -189,7 +196,7 @@ def write_shard(task) -> dict:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--input", required=True, help="folder:PATH | manifest:PATTERN | "
-                      "webdataset:PATTERN")
+                      "webdataset:PATTERN | tfds:NAME[:SPLIT]")
   parser.add_argument("--output", required=True, help="output prefix, e.g. /data/ar/train")
   parser.add_argument("--records_per_shard", type=int, default=10_000)
   parser.add_argument("--processes", type=int, default=os.cpu_count())
@@ -197,6 +204,9 @@ def main(argv=None):
   parser.add_argument("--image_key", default="image")
   parser.add_argument("--caption_key", default="caption")
   parser.add_argument("--label_key", default="label")
+  parser.add_argument("--tfds_data_dir", default="", help="tfds input: the data_dir")
+  parser.add_argument("--tfds_keys", default="", help="tfds input: ROLE=FEATURE,... "
+                      "(roles image, caption, label; '/' for nested features)")
   args = parser.parse_args(argv)
 
   t0 = time.time()
