@@ -1,7 +1,8 @@
 """Tokenizers: byte-level, SentencePiece (a model trained here), Hugging Face tokenizer.json
-(built here), CLIP BPE (a tiny merges file written here, and OpenAI's vocabulary against
-open_clip's reference implementation when it is installed). Layout [tokens, EOS, PAD...],
-truncation, pickling (grain workers) and the text tower's vocab_size / pad_id."""
+(built here), CLIP BPE (a tiny merges file written here, and
+OpenAI's vocabulary against open_clip's reference implementation when it is installed).
+Layout [prefix, tokens, EOS, PAD...], truncation, pickling (grain workers), the text tower's
+vocab_size / pad_id, and a tower fed CLIP's pad id 0 (also the token "!")."""
 
 import gzip
 import importlib.util
@@ -24,12 +25,15 @@ CORPUS = [
 ] * 20
 
 
-def _check_layout(tok, text, context_length):
+def _check_layout(tok, text, context_length, pad_is_token=False):
+  """[prefix, tokens, EOS, PAD...]: returns the ids. Padding is the trailing run of PAD ids;
+  unless the PAD id is also a real token (CLIP's 0), no PAD id comes before it."""
   ids = tok.encode(text)
   assert ids.shape == (context_length,) and ids.dtype == np.int32
-  real = np.flatnonzero(ids != tok.pad_id)
-  assert real.size and real[-1] == real.size - 1          # padding only at the end
-  assert ids[real[-1]] == tok.eos_id                      # EOS is the last real token
+  n = np.flatnonzero(ids != tok.pad_id)[-1] + 1           # real tokens: up to the last non-PAD
+  if not pad_is_token:
+    assert tok.pad_id not in ids[:n]
+  assert ids[n - 1] == tok.eos_id                         # EOS is the last real token
   assert list(ids).count(tok.eos_id) == 1
   assert ids.max() < tok.vocab_size and ids.min() >= 0
   return ids
@@ -116,9 +120,10 @@ def _tiny_bpe(folder) -> str:
 def test_clip_bpe_on_a_tiny_vocabulary(tmp_path):
   path = _tiny_bpe(str(tmp_path))
   tok = tok_lib.make_tokenizer("clip", 8, path)
-  # 512 byte symbols, 10 merges, SOT, EOT; PAD is one more.
-  assert tok.vocab_size == 512 + 10 + 2 + 1
-  assert (tok.sot_id, tok.eos_id, tok.pad_id) == (522, 523, 524)
+  # 512 byte symbols, 10 merges, SOT, EOT; PAD is 0 (the byte symbol "!"), as open_clip.
+  assert tok.vocab_size == 512 + 10 + 2
+  assert (tok.sot_id, tok.eos_id, tok.pad_id) == (522, 523, 0)
+  assert tok.id_token[0] == "!" and tok.id_token[256] == "!</w>"
   assert tok._merge("dog") == ["dog</w>"]
   assert tok._merge("photo") == ["photo</w>"]              # ph, pho, phot, photo</w>
   assert tok._merge("dot") == ["do", "t</w>"]               # no ("do", "t</w>") merge
@@ -127,6 +132,13 @@ def test_clip_bpe_on_a_tiny_vocabulary(tmp_path):
   assert list(ids[:7]) == [tok.sot_id, tid["a</w>"], tid["dog</w>"], tid[",</w>"],
                            tid["cat</w>"], tid["!</w>"], tok.eos_id]
   assert tok.decode(ids) == "a dog , cat !"
+  assert ids[7] == 0                                        # padding
+  # "!" inside a word is id 0, the PAD id; it stays in the text (and in decode).
+  bang = _check_layout(tok, "dog!!", 8, pad_is_token=True)
+  assert list(bang) == [tok.sot_id, tid["dog</w>"], 0, tid["!</w>"], tok.eos_id, 0, 0, 0]
+  assert tok.decode(bang) == "dog !!"
+  # Literal special-token strings are the special tokens (open_clip's pattern).
+  assert tok.tokens("dog <END_of_text> cat") == [tid["dog</w>"], tok.eos_id, tid["cat</w>"]]
   long = _check_layout(tok, "dog " * 20, 8)
   assert long[0] == tok.sot_id and list(long[1:7]) == [tid["dog</w>"]] * 6
   wide = tok_lib.make_tokenizer("clip", 32, path)
@@ -164,22 +176,62 @@ def _open_clip_reference():
 def test_clip_bpe_matches_open_clip_on_the_openai_vocabulary():
   ref, vocab = _open_clip_reference()
   tok = tok_lib.make_tokenizer("clip", 77, vocab)
-  assert tok.vocab_size - 1 == ref.vocab_size == 49408
-  assert (tok.sot_id, tok.eos_id) == (ref.sot_token_id, ref.eot_token_id)
+  assert tok.vocab_size == ref.vocab_size == 49408
+  assert (tok.sot_id, tok.eos_id, tok.pad_id) == (ref.sot_token_id, ref.eot_token_id, 0)
   texts = ["a photo of a dog.", "Hello, World! It's 2024 &amp; naïve café — 東京 🙂",
            "  multiple   spaces\tand CAPS ", "don't you'll we've they're i'm he'd",
            "supercalifragilisticexpialidocious 12345 x-ray e-mail",
-           "A diagram of the photosynthesis process (labelled)"]
+           "A diagram of the photosynthesis process (labelled)",
+           "!", "wow!!! a dog!", "x != y, a!(b) <3!{}", "a <end_of_text> b <START_OF_TEXT>",
+           "a photo of a dog " * 30, "!( " * 80, ""]
   for text in texts:
     assert tok.tokens(text) == ref.encode(text), text
-    ids = tok.encode(text)
-    n = len(ref.encode(text)) + 2
-    assert list(ids[:n]) == [ref.sot_token_id] + ref.encode(text) + [ref.eot_token_id]
-    assert tok.decode(ids) == ref.decode(ref.encode(text)).strip()
-  # Truncation as open_clip: SOT + the first 75 tokens + EOT.
-  long = "a photo of a dog " * 30
-  assert list(tok.encode(long)) == [ref.sot_token_id] + ref.encode(long)[:75] + [
-      ref.eot_token_id]
+    # The whole row, padding and truncation included, as open_clip's tokenize().
+    want = np.asarray(ref(text, context_length=77))[0]
+    np.testing.assert_array_equal(tok.encode(text), want, err_msg=text)
+    np.testing.assert_array_equal(tok_lib.make_tokenizer("clip", 5, vocab).encode(text),
+                                  np.asarray(ref(text, context_length=5))[0], err_msg=text)
+  # The comparison covered "!" as id 0 inside the text, and truncation to SOT + 75 + EOT.
+  bang = tok.encode("x != y, a!(b) <3!{}")
+  assert 0 in bang[: list(bang).index(tok.eos_id)]
+  long = tok.encode("a photo of a dog " * 30)
+  assert long[0] == ref.sot_token_id and long[-1] == ref.eot_token_id and 0 not in long
+  assert tok.decode(tok.encode("wow!!! a dog!")) == ref.decode(ref.encode("wow!!! a dog!")).strip()
+
+
+def test_text_tower_with_pad_zero_keeps_bang_tokens(tmp_path):
+  """CLIP pads with 0, which is also "!": padded rows pool exactly what the same text
+  unpadded pools (where every token is real), for each pooling and both attentions."""
+  import jax
+  from xmodal.models import text as text_lib
+  tok = tok_lib.make_tokenizer("clip", 12, _tiny_bpe(str(tmp_path)))
+  ids = tok.encode_batch(["a dog!! cat", "cat!! a dog"])    # "!!" -> ["!" (id 0), "!</w>"]
+  n = 7                                                     # SOT + 5 tokens + EOT
+  assert (ids[:, n - 1] == tok.eos_id).all() and (ids[:, n:] == 0).all()
+  assert ((ids[:, :n] == 0).sum(axis=1) == 1).all()         # one "!" (id 0) inside each text
+  kw = dict(vocab_size=tok.vocab_size, context_length=12, width=16, depth=1, num_heads=2)
+  params = jax.jit(text_lib.TextTransformer(**kw).init)(jax.random.key(0), ids)
+  cases = [(causal, pool) for causal in (True, False) for pool in ("eot", "argmax", "mean")]
+
+  @jax.jit                                                  # one compilation for every case
+  def run(params, ids):
+    out = []
+    for causal, pool in cases:
+      padded = text_lib.TextTransformer(**kw, causal=causal, pool=pool, pad_id=0)
+      # Unpadded, with no pad id at all: every token is real.
+      unpadded = text_lib.TextTransformer(**kw, causal=causal, pool=pool, pad_id=-1)
+      out.append((padded.apply(params, ids), unpadded.apply(params, ids[:, :n])))
+    return out
+
+  pooled = {}
+  for (causal, pool), (got, want) in zip(cases, run(params, ids)):
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0, err_msg=f"causal={causal} {pool}")
+    pooled[causal, pool] = np.asarray(got)
+  for causal in (True, False):
+    # EOT has the top id: "eot" (last real token) and "argmax" pool the same position.
+    np.testing.assert_array_equal(pooled[causal, "eot"], pooled[causal, "argmax"])
+    assert not np.allclose(pooled[causal, "eot"], pooled[causal, "mean"], atol=1e-3)
+  assert not np.allclose(pooled[True, "mean"], pooled[False, "mean"], atol=1e-3)
 
 
 def test_text_tower_takes_vocab_and_pad_from_the_tokenizer(sp_model, hf_file, tmp_path):

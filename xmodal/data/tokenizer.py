@@ -1,14 +1,17 @@
 """Tokenizers: text -> int32 ids [L], chosen by `data.tokenizer` (+ `data.tokenizer_path`).
 
-Every tokenizer produces the same layout, which the text tower relies on (padding mask
-`ids != pad_id`, "eot" pooling = last non-pad position):
+Every tokenizer produces the same layout, which the text tower relies on:
 
-    [text tokens ..., EOS, PAD, PAD, ...]      length data.context_length
+    [prefix..., text tokens..., EOS, PAD, PAD, ...]      length data.context_length
 
-Text whose tokens do not fit is truncated so that EOS is always present and always the last
-real token. `vocab_size` counts every id the tokenizer can emit (extra ids added for PAD or
-EOS included), so the text tower's embedding table fits. If `data.lowercase` is set, text is
-lowercased before any tokenizer sees it.
+The prefix is empty or CLIP's SOT. Padding only ever follows EOS, so the text tower
+treats *trailing* PAD ids as padding ("eot" pooling = the last position before them,
+i.e. EOS; bidirectional attention and "mean" pooling mask them). A PAD id that is also a
+real token (CLIP pads with 0, which is "!") is therefore still real inside the text.
+Text whose tokens do not fit is truncated so that the prefix and EOS are always present
+and EOS is the last real token. `vocab_size` counts every id the tokenizer can emit
+(extra ids added for PAD or EOS included), so the text tower's embedding table fits. If
+`data.lowercase` is set, text is lowercased before any tokenizer sees it.
 
   "bytes"          (default) no file. Each UTF-8 byte is one token (id = byte + 2),
                    EOS = 1, PAD = 0; vocab 258. No lowercasing, no normalisation.
@@ -26,10 +29,12 @@ lowercased before any tokenizer sees it.
                    most 48,894 merges read, as in CLIP). Text is HTML-unescaped, whitespace-
                    collapsed and lowercased (and `ftfy.fix_text`-ed when ftfy is installed).
                    Ids: 256 bytes, 256 bytes + `</w>`, one per merge, then
-                   `<start_of_text>` (SOT), `<end_of_text>` (EOT = EOS): 49,408 for the
-                   OpenAI file. Layout [SOT, tokens..., EOT, PAD...] as in open_clip, except
-                   that PAD is a new id (49,408, vocab 49,409) instead of 0, since id 0 is
-                   the real token "!" and the tower masks padding by id.
+                   `<start_of_text>` (SOT), `<end_of_text>` (EOT = EOS, the highest id):
+                   vocab 49,408 for the OpenAI file. Exactly open_clip's tokenisation:
+                   [SOT, tokens..., EOT, 0, 0, ...] padded with 0 (the token "!"), long
+                   text cut to SOT + the first L-2 tokens + EOT, and the literal strings
+                   `<start_of_text>` / `<end_of_text>` in text become SOT / EOT as in
+                   open_clip. So OpenAI / open_clip checkpoints (vocab 49,408) fit as they are.
 """
 
 import functools
@@ -43,14 +48,17 @@ PAD_ID = 0
 EOS_ID = 1
 
 
+def _pad(ids, context_length: int, pad_id: int) -> np.ndarray:
+  """ids (at most context_length of them), then PAD up to context_length."""
+  out = np.full(context_length, pad_id, np.int32)
+  out[: len(ids)] = ids
+  return out
+
+
 def _layout(ids, context_length: int, eos_id: int, pad_id: int, prefix=()) -> np.ndarray:
   """prefix + ids truncated to fit, then EOS, then PAD up to context_length."""
   room = context_length - 1 - len(prefix)
-  body = list(prefix) + list(ids[:room])
-  out = np.full(context_length, pad_id, np.int32)
-  out[: len(body)] = body
-  out[len(body)] = eos_id
-  return out
+  return _pad(list(prefix) + list(ids[:room]) + [eos_id], context_length, pad_id)
 
 
 class _Base:
@@ -70,10 +78,13 @@ class _Base:
     return np.stack([self.encode(t) for t in texts])
 
   def _real(self, ids) -> list[int]:
-    """The ids before EOS (PAD and EOS dropped)."""
+    """The ids before the first EOS (without EOS: before the trailing PAD ids)."""
     ids = [int(i) for i in ids]
-    end = ids.index(self.eos_id) if self.eos_id in ids else len(ids)
-    return [i for i in ids[:end] if i != self.pad_id]
+    if self.eos_id in ids:
+      return ids[: ids.index(self.eos_id)]
+    while ids and ids[-1] == self.pad_id:
+      ids.pop()
+    return ids
 
 
 def _check_length(context_length: int, minimum: int = 2):
@@ -208,7 +219,9 @@ def byte_alphabet() -> dict[int, str]:
 
 class ClipBPETokenizer(_LazyFile):
   SOT, EOT = "<start_of_text>", "<end_of_text>"
-  PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+  # The special tokens come first: written in the text they are SOT / EOT (as open_clip).
+  PATTERN = (r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
+             r"""[^\s\p{L}\p{N}]+""")
 
   def _load(self):
     import regex
@@ -230,8 +243,8 @@ class ClipBPETokenizer(_LazyFile):
     self.id_token = vocab
     self.ranks = {m: r for r, m in enumerate(merges)}
     self.sot_id, self.eos_id = self.token_id[self.SOT], self.token_id[self.EOT]
-    self.pad_id = len(vocab)
-    self.vocab_size = len(vocab) + 1
+    self.pad_id = 0                  # open_clip's padding; also the token "!" (see top)
+    self.vocab_size = len(vocab)
     self._pattern = regex.compile(self.PATTERN, regex.IGNORECASE)
     self._cache = {}
     self._impl = True
@@ -279,6 +292,9 @@ class ClipBPETokenizer(_LazyFile):
     alphabet = byte_alphabet()
     ids = []
     for piece in self._pattern.findall(self._clean(text)):
+      if piece in (self.SOT, self.EOT):
+        ids.append(self.token_id[piece])
+        continue
       word = "".join(alphabet[b] for b in piece.encode("utf-8"))
       ids.extend(self.token_id[t] for t in self._merge(word))
     return ids
