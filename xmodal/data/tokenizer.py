@@ -4,8 +4,9 @@ Every tokenizer produces the same layout, which the text tower relies on:
 
     [prefix..., text tokens..., EOS, PAD, PAD, ...]      length data.context_length
 
-The prefix is empty or CLIP's SOT. Padding only ever follows EOS, so the text tower
-treats *trailing* PAD ids as padding ("eot" pooling = the last position before them,
+The prefix is empty, CLIP's SOT, or the leading special tokens of a Hugging Face template
+(BERT's [CLS], so position 0 holds [CLS]). Padding only ever follows EOS, so the text
+tower treats *trailing* PAD ids as padding ("eot" pooling = the last position before them,
 i.e. EOS; bidirectional attention and "mean" pooling mask them). A PAD id that is also a
 real token (CLIP pads with 0, which is "!") is therefore still real inside the text.
 Text whose tokens do not fit is truncated so that the prefix and EOS are always present
@@ -20,10 +21,17 @@ and EOS is the last real token. `vocab_size` counts every id the tokenizer can e
                    a new id if the model has none; PAD = the model's pad id, or a new id
                    after the vocabulary if the model has none (the SentencePiece default).
   "hf"             a Hugging Face `tokenizer.json` (the `tokenizers` library). Normalisation
-                   (lowercasing included) is whatever the file's normalizer does. The file's
-                   post-processor ([CLS]/[SEP] templates) is not applied; EOS is the first of
-                   `</s>`, `[SEP]`, `<|endoftext|>`, `<eos>` present in the vocabulary (else a
-                   new id); PAD the first of `<pad>`, `[PAD]` (else a new id).
+                   (lowercasing included) is whatever the file's normalizer does.
+                   With a post-processor that adds special tokens (a template such as
+                   BERT's `[CLS] $A [SEP]`), text is encoded as `transformers` does: the
+                   template is applied and the text truncated by the library so that the
+                   template's special tokens stay; EOS = the template's last token (BERT:
+                   `[SEP]`). A template that does not end in a special token (BOS only)
+                   gets EOS appended after it. Without such a post-processor no special
+                   tokens are added and EOS is appended; EOS is then the first of `</s>`,
+                   `[SEP]`, `<|endoftext|>`, `<eos>` present in the vocabulary (else a new
+                   id). PAD = the file's own padding id, else the first of `<pad>`,
+                   `[PAD]` (else a new id); never the EOS id.
   "clip"           the CLIP byte-level BPE: a merges file such as OpenAI's
                    `bpe_simple_vocab_16e6.txt.gz` (plain or gzipped; first line a header, at
                    most 48,894 merges read, as in CLIP). Text is HTML-unescaped, whitespace-
@@ -169,13 +177,15 @@ class SentencePieceTokenizer(_LazyFile):
 class HFTokenizer(_LazyFile):
   EOS_CANDIDATES = ("</s>", "[SEP]", "<|endoftext|>", "<eos>")
   PAD_CANDIDATES = ("<pad>", "[PAD]")
+  PROBE = "a b c 1"          # text that tokenizes to something with any vocabulary
 
   def _load(self):
     import tokenizers
-    self._impl = tokenizers.Tokenizer.from_file(self.path)
-    self._impl.no_truncation()
-    self._impl.no_padding()
-    vocab = self._impl.get_vocab(with_added_tokens=True)
+    impl = tokenizers.Tokenizer.from_file(self.path)
+    file_pad = (impl.padding or {}).get("pad_id")
+    impl.no_truncation()
+    impl.no_padding()
+    vocab = impl.get_vocab(with_added_tokens=True)
     extra = max(vocab.values()) + 1 if vocab else 0
 
     def pick(candidates):
@@ -186,16 +196,44 @@ class HFTokenizer(_LazyFile):
       extra += 1
       return extra - 1
 
-    self.eos_id = pick(self.EOS_CANDIDATES)
-    self.pad_id = pick(self.PAD_CANDIDATES)
+    # A template: the post-processor adds special tokens around one sequence. Where they
+    # sit comes from encoding a probe (special tokens have no sequence id).
+    n_special = impl.post_processor.num_special_tokens_to_add(False) if impl.post_processor else 0
+    self.template = n_special > 0
+    self.append_eos = True
+    if self.template:
+      probe = impl.encode(self.PROBE, add_special_tokens=True)
+      if all(s is None for s in probe.sequence_ids):
+        raise ValueError(f"{self.path}: the probe text {self.PROBE!r} gives no text tokens; "
+                         f"cannot place the post-processor's special tokens")
+      if probe.sequence_ids[-1] is None:            # the template ends in a special token
+        self.eos_id, self.append_eos = probe.ids[-1], False
+      minimum = n_special + 1 + self.append_eos     # room for one text token
+      if self.context_length < minimum:
+        raise ValueError(f"context_length must be >= {minimum} for {self.path} (its template "
+                         f"adds {n_special} special tokens), got {self.context_length}")
+      # The library truncates the text so that the template's special tokens stay.
+      impl.enable_truncation(self.context_length - self.append_eos)
+    if self.append_eos:
+      self.eos_id = pick(self.EOS_CANDIDATES)
+    if file_pad is not None and file_pad != self.eos_id:
+      self.pad_id = file_pad
+    else:
+      self.pad_id = pick(self.PAD_CANDIDATES)
     self.vocab_size = extra
+    self._impl = impl
 
   def encode(self, text: str) -> np.ndarray:
-    ids = self.impl.encode(self._prep(text), add_special_tokens=False).ids
-    return _layout(ids, self.context_length, self.eos_id, self.pad_id)
+    if not self.template:
+      ids = self.impl.encode(self._prep(text), add_special_tokens=False).ids
+      return _layout(ids, self.context_length, self.eos_id, self.pad_id)
+    ids = self.impl.encode(self._prep(text), add_special_tokens=True).ids
+    if self.append_eos:
+      ids = ids + [self.eos_id]
+    return _pad(ids, self.context_length, self.pad_id)
 
   def decode(self, ids) -> str:
-    return self.impl.decode(self._real(ids))
+    return self.impl.decode(self._real(ids))     # the template's special tokens skipped
 
 
 # ----------------------------------------------------------------------------- CLIP BPE
