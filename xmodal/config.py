@@ -316,10 +316,24 @@ def _validate_data(config):
     if not os.path.isfile(os.path.expanduser(d.tokenizer_path)):
       raise ConfigError(f"config.data.tokenizer_path: no such file {d.tokenizer_path!r}")
   try:
-    tokenizer.get_tokenizer(config)
+    tok = tokenizer.get_tokenizer(config)
   except Exception as e:
     raise ConfigError(f"config.data.tokenizer: cannot load {d.tokenizer!r} from "
                       f"{d.tokenizer_path!r}: {e}") from None
+  # Text towers must embed every id the tokenizer emits and pool where its EOS is.
+  for name, tower in config.towers.items():
+    if tower.get("kind") != "text":
+      continue
+    vocab = tower.get("vocab_size", 0)
+    if vocab and vocab < tok.vocab_size:
+      raise ConfigError(
+          f"config.towers.{name}.vocab_size: {vocab} is below the {tok.vocab_size} ids that "
+          f"data.tokenizer={d.tokenizer!r} emits (ids past the embedding table embed as NaN)")
+    if tower.get("pool") == "argmax" and tok.eos_id != tok.vocab_size - 1:
+      raise ConfigError(
+          f"config.towers.{name}.pool: 'argmax' pools at the highest token id, but EOS is not "
+          f"the highest id of data.tokenizer={d.tokenizer!r} (EOS {tok.eos_id}, ids up to "
+          f"{tok.vocab_size - 1}); use 'eot' (the last real token, EOS for every tokenizer)")
 
 
 def loss_pairs(config) -> list[tuple[str, str]]:

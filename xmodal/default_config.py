@@ -62,7 +62,8 @@ def vit_defaults() -> ConfigDict:
 
 
 def text_defaults() -> ConfigDict:
-  """A Transformer text tower (models/text.py). Input: int32 token ids [B, L], 0 = pad."""
+  """A Transformer text tower (models/text.py). Input: int32 token ids [B, L] from the
+  tokenizer: [prefix, text, EOS, PAD...]; the trailing run of its pad id is padding."""
   return ConfigDict(dict(
       kind="text",
       width=96,
@@ -70,9 +71,10 @@ def text_defaults() -> ConfigDict:
       num_heads=4,
       mlp_ratio=4.0,
       causal=True,         # CLIP-style causal mask; False = bidirectional
-      pool="eot",          # "eot" (last real token), "argmax" (highest token id: CLIP),
-                           # "last" (position L-1: SigLIP), "mean" (real tokens), "first"
-      vocab_size=0,        # 0 = the tokenizer's
+      pool="eot",          # "eot" (last real token: EOS), "argmax" (highest token id: CLIP
+                           # BPE only), "last" (position L-1: SigLIP), "mean" (real
+                           # tokens), "first" (position 0: [CLS] of a BERT tokenizer.json)
+      vocab_size=0,        # 0 = the tokenizer's; else at least the tokenizer's
       context_length=0,    # position embeddings; 0 = data.context_length
       type_vocab_size=0,   # BERT token-type embeddings (type 0 is added); 0 = none
       **_image_text_common(),

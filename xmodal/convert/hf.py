@@ -158,8 +158,8 @@ def convert_siglip(state: dict, hf_config: dict, image: str = "image", text: str
   for name in ("logit_scale", "logit_bias"):
     if sd.has(name):
       params[name] = sd(name).reshape(())
-  notes = ["SigLIP attends to every position: feed fixed-length text without pad id 0 "
-           "(xmodal masks pad_id keys in bidirectional towers)"]
+  notes = ["SigLIP attends to every position: feed fixed-length text without trailing "
+           "pad ids (xmodal masks the trailing pad_id keys in bidirectional towers)"]
   report = Report("hf SiglipModel", unused=sd.unused(ignore=(r".*position_ids",)), notes=notes)
   return Converted(towers, params, report, embed_dim,
                    {"image_size": image_size or native, "loss": "sigmoid"})

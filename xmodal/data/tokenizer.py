@@ -1,14 +1,18 @@
 """Tokenizers: text -> int32 ids [L], chosen by `data.tokenizer` (+ `data.tokenizer_path`).
 
-Every tokenizer produces the same layout, which the text tower relies on (padding mask
-`ids != pad_id`, "eot" pooling = last non-pad position):
+Every tokenizer produces the same layout, which the text tower relies on:
 
-    [text tokens ..., EOS, PAD, PAD, ...]      length data.context_length
+    [prefix..., text tokens..., EOS, PAD, PAD, ...]      length data.context_length
 
-Text whose tokens do not fit is truncated so that EOS is always present and always the last
-real token. `vocab_size` counts every id the tokenizer can emit (extra ids added for PAD or
-EOS included), so the text tower's embedding table fits. If `data.lowercase` is set, text is
-lowercased before any tokenizer sees it.
+The prefix is empty, CLIP's SOT, or the leading special tokens of a Hugging Face template
+(BERT's [CLS], so position 0 holds [CLS]). Padding only ever follows EOS, so the text
+tower treats *trailing* PAD ids as padding ("eot" pooling = the last position before them,
+i.e. EOS; bidirectional attention and "mean" pooling mask them). A PAD id that is also a
+real token (CLIP pads with 0, which is "!") is therefore still real inside the text.
+Text whose tokens do not fit is truncated so that the prefix and EOS are always present
+and EOS is the last real token. `vocab_size` counts every id the tokenizer can emit
+(extra ids added for PAD or EOS included), so the text tower's embedding table fits. If
+`data.lowercase` is set, text is lowercased before any tokenizer sees it.
 
   "bytes"          (default) no file. Each UTF-8 byte is one token (id = byte + 2),
                    EOS = 1, PAD = 0; vocab 258. No lowercasing, no normalisation.
@@ -17,19 +21,28 @@ lowercased before any tokenizer sees it.
                    a new id if the model has none; PAD = the model's pad id, or a new id
                    after the vocabulary if the model has none (the SentencePiece default).
   "hf"             a Hugging Face `tokenizer.json` (the `tokenizers` library). Normalisation
-                   (lowercasing included) is whatever the file's normalizer does. The file's
-                   post-processor ([CLS]/[SEP] templates) is not applied; EOS is the first of
-                   `</s>`, `[SEP]`, `<|endoftext|>`, `<eos>` present in the vocabulary (else a
-                   new id); PAD the first of `<pad>`, `[PAD]` (else a new id).
+                   (lowercasing included) is whatever the file's normalizer does.
+                   With a post-processor that adds special tokens (a template such as
+                   BERT's `[CLS] $A [SEP]`), text is encoded as `transformers` does: the
+                   template is applied and the text truncated by the library so that the
+                   template's special tokens stay; EOS = the template's last token (BERT:
+                   `[SEP]`). A template that does not end in a special token (BOS only)
+                   gets EOS appended after it. Without such a post-processor no special
+                   tokens are added and EOS is appended; EOS is then the first of `</s>`,
+                   `[SEP]`, `<|endoftext|>`, `<eos>` present in the vocabulary (else a new
+                   id). PAD = the file's own padding id, else the first of `<pad>`,
+                   `[PAD]` (else a new id); never the EOS id.
   "clip"           the CLIP byte-level BPE: a merges file such as OpenAI's
                    `bpe_simple_vocab_16e6.txt.gz` (plain or gzipped; first line a header, at
                    most 48,894 merges read, as in CLIP). Text is HTML-unescaped, whitespace-
                    collapsed and lowercased (and `ftfy.fix_text`-ed when ftfy is installed).
                    Ids: 256 bytes, 256 bytes + `</w>`, one per merge, then
-                   `<start_of_text>` (SOT), `<end_of_text>` (EOT = EOS): 49,408 for the
-                   OpenAI file. Layout [SOT, tokens..., EOT, PAD...] as in open_clip, except
-                   that PAD is a new id (49,408, vocab 49,409) instead of 0, since id 0 is
-                   the real token "!" and the tower masks padding by id.
+                   `<start_of_text>` (SOT), `<end_of_text>` (EOT = EOS, the highest id):
+                   vocab 49,408 for the OpenAI file. Exactly open_clip's tokenisation:
+                   [SOT, tokens..., EOT, 0, 0, ...] padded with 0 (the token "!"), long
+                   text cut to SOT + the first L-2 tokens + EOT, and the literal strings
+                   `<start_of_text>` / `<end_of_text>` in text become SOT / EOT as in
+                   open_clip. So OpenAI / open_clip checkpoints (vocab 49,408) fit as they are.
 """
 
 import functools
@@ -43,14 +56,17 @@ PAD_ID = 0
 EOS_ID = 1
 
 
+def _pad(ids, context_length: int, pad_id: int) -> np.ndarray:
+  """ids (at most context_length of them), then PAD up to context_length."""
+  out = np.full(context_length, pad_id, np.int32)
+  out[: len(ids)] = ids
+  return out
+
+
 def _layout(ids, context_length: int, eos_id: int, pad_id: int, prefix=()) -> np.ndarray:
   """prefix + ids truncated to fit, then EOS, then PAD up to context_length."""
   room = context_length - 1 - len(prefix)
-  body = list(prefix) + list(ids[:room])
-  out = np.full(context_length, pad_id, np.int32)
-  out[: len(body)] = body
-  out[len(body)] = eos_id
-  return out
+  return _pad(list(prefix) + list(ids[:room]) + [eos_id], context_length, pad_id)
 
 
 class _Base:
@@ -70,10 +86,13 @@ class _Base:
     return np.stack([self.encode(t) for t in texts])
 
   def _real(self, ids) -> list[int]:
-    """The ids before EOS (PAD and EOS dropped)."""
+    """The ids before the first EOS (without EOS: before the trailing PAD ids)."""
     ids = [int(i) for i in ids]
-    end = ids.index(self.eos_id) if self.eos_id in ids else len(ids)
-    return [i for i in ids[:end] if i != self.pad_id]
+    if self.eos_id in ids:
+      return ids[: ids.index(self.eos_id)]
+    while ids and ids[-1] == self.pad_id:
+      ids.pop()
+    return ids
 
 
 def _check_length(context_length: int, minimum: int = 2):
@@ -158,13 +177,15 @@ class SentencePieceTokenizer(_LazyFile):
 class HFTokenizer(_LazyFile):
   EOS_CANDIDATES = ("</s>", "[SEP]", "<|endoftext|>", "<eos>")
   PAD_CANDIDATES = ("<pad>", "[PAD]")
+  PROBE = "a b c 1"          # text that tokenizes to something with any vocabulary
 
   def _load(self):
     import tokenizers
-    self._impl = tokenizers.Tokenizer.from_file(self.path)
-    self._impl.no_truncation()
-    self._impl.no_padding()
-    vocab = self._impl.get_vocab(with_added_tokens=True)
+    impl = tokenizers.Tokenizer.from_file(self.path)
+    file_pad = (impl.padding or {}).get("pad_id")
+    impl.no_truncation()
+    impl.no_padding()
+    vocab = impl.get_vocab(with_added_tokens=True)
     extra = max(vocab.values()) + 1 if vocab else 0
 
     def pick(candidates):
@@ -175,16 +196,44 @@ class HFTokenizer(_LazyFile):
       extra += 1
       return extra - 1
 
-    self.eos_id = pick(self.EOS_CANDIDATES)
-    self.pad_id = pick(self.PAD_CANDIDATES)
+    # A template: the post-processor adds special tokens around one sequence. Where they
+    # sit comes from encoding a probe (special tokens have no sequence id).
+    n_special = impl.post_processor.num_special_tokens_to_add(False) if impl.post_processor else 0
+    self.template = n_special > 0
+    self.append_eos = True
+    if self.template:
+      probe = impl.encode(self.PROBE, add_special_tokens=True)
+      if all(s is None for s in probe.sequence_ids):
+        raise ValueError(f"{self.path}: the probe text {self.PROBE!r} gives no text tokens; "
+                         f"cannot place the post-processor's special tokens")
+      if probe.sequence_ids[-1] is None:            # the template ends in a special token
+        self.eos_id, self.append_eos = probe.ids[-1], False
+      minimum = n_special + 1 + self.append_eos     # room for one text token
+      if self.context_length < minimum:
+        raise ValueError(f"context_length must be >= {minimum} for {self.path} (its template "
+                         f"adds {n_special} special tokens), got {self.context_length}")
+      # The library truncates the text so that the template's special tokens stay.
+      impl.enable_truncation(self.context_length - self.append_eos)
+    if self.append_eos:
+      self.eos_id = pick(self.EOS_CANDIDATES)
+    if file_pad is not None and file_pad != self.eos_id:
+      self.pad_id = file_pad
+    else:
+      self.pad_id = pick(self.PAD_CANDIDATES)
     self.vocab_size = extra
+    self._impl = impl
 
   def encode(self, text: str) -> np.ndarray:
-    ids = self.impl.encode(self._prep(text), add_special_tokens=False).ids
-    return _layout(ids, self.context_length, self.eos_id, self.pad_id)
+    if not self.template:
+      ids = self.impl.encode(self._prep(text), add_special_tokens=False).ids
+      return _layout(ids, self.context_length, self.eos_id, self.pad_id)
+    ids = self.impl.encode(self._prep(text), add_special_tokens=True).ids
+    if self.append_eos:
+      ids = ids + [self.eos_id]
+    return _pad(ids, self.context_length, self.pad_id)
 
   def decode(self, ids) -> str:
-    return self.impl.decode(self._real(ids))
+    return self.impl.decode(self._real(ids))     # the template's special tokens skipped
 
 
 # ----------------------------------------------------------------------------- CLIP BPE
@@ -208,7 +257,9 @@ def byte_alphabet() -> dict[int, str]:
 
 class ClipBPETokenizer(_LazyFile):
   SOT, EOT = "<start_of_text>", "<end_of_text>"
-  PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+  # The special tokens come first: written in the text they are SOT / EOT (as open_clip).
+  PATTERN = (r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
+             r"""[^\s\p{L}\p{N}]+""")
 
   def _load(self):
     import regex
@@ -230,8 +281,8 @@ class ClipBPETokenizer(_LazyFile):
     self.id_token = vocab
     self.ranks = {m: r for r, m in enumerate(merges)}
     self.sot_id, self.eos_id = self.token_id[self.SOT], self.token_id[self.EOT]
-    self.pad_id = len(vocab)
-    self.vocab_size = len(vocab) + 1
+    self.pad_id = 0                  # open_clip's padding; also the token "!" (see top)
+    self.vocab_size = len(vocab)
     self._pattern = regex.compile(self.PATTERN, regex.IGNORECASE)
     self._cache = {}
     self._impl = True
@@ -279,6 +330,9 @@ class ClipBPETokenizer(_LazyFile):
     alphabet = byte_alphabet()
     ids = []
     for piece in self._pattern.findall(self._clean(text)):
+      if piece in (self.SOT, self.EOT):
+        ids.append(self.token_id[piece])
+        continue
       word = "".join(alphabet[b] for b in piece.encode("utf-8"))
       ids.extend(self.token_id[t] for t in self._merge(word))
     return ids

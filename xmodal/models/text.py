@@ -1,17 +1,23 @@
 """Transformer text tower.
 
-int32 token ids [B, L] (`pad_id` = padding) -> token + learned position embeddings (+ the
-first token-type embedding when `type_vocab_size` > 0, BERT) -> optional LayerNorm
-(`pre_norm`, BERT's embedding LayerNorm) -> Encoder (causal as in CLIP, or bidirectional;
-pre-LN, or post-LN as in BERT) -> pooled [B, width]:
-  "eot"    the last real (non-pad) token, where the byte tokenizer puts EOS;
+int32 token ids [B, L] laid out as the tokenizers write them, [prefix..., text..., EOS,
+PAD, ...] -> token + learned position embeddings (+ the first token-type embedding when
+`type_vocab_size` > 0, BERT) -> optional LayerNorm (`pre_norm`, BERT's embedding
+LayerNorm) -> Encoder (causal as in CLIP, or bidirectional; pre-LN, or post-LN as in BERT)
+-> pooled [B, width].
+
+Padding is the run of `pad_id` at the end of a row: a `pad_id` followed by any other id is
+a real token (CLIP pads with 0, which is also "!"). Bidirectional attention masks the
+padding keys and "mean" ignores them; causal attention needs no mask (padding follows).
+  "eot"    the last real token: EOS for every xmodal tokenizer (CLIP's EOT, BERT's [SEP]);
   "argmax" the position of the highest token id (CLIP / open_clip: EOT has the top id);
   "last"   position L-1 whatever it holds (SigLIP, which pads to a fixed length);
   "mean"   the mean over real tokens (sentence-transformers);
-  "first"  position 0 (BERT's [CLS]).
+  "first"  position 0 (BERT's [CLS]; CLIP's SOT).
 """
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from xmodal.models import layers
@@ -45,7 +51,8 @@ class TextTransformer(nn.Module):
     batch, length = tokens.shape
     if length > self.context_length:
       raise ValueError(f"text tokens have length {length} > context_length {self.context_length}")
-    mask = tokens != self.pad_id
+    # Real tokens: everything up to the last non-pad id of the row.
+    mask = jax.lax.cummax((tokens != self.pad_id).astype(jnp.int32), axis=1, reverse=True) > 0
     x = nn.Embed(self.vocab_size, self.width, name="token_embed",
                  embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                              ("vocab", "embed")))(tokens)
