@@ -165,7 +165,7 @@ def test_captions_all_run_trains_with_group_positives(tmp_path, capsys):
     rows.append({"image": f"{i}.png", "caption": captions[:2 + i % 2]})
   (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
   config = make_tiny_config(**{"data.source": "manifest", "data.captions": "all",
-                               "train.total_steps": 16, "optim.lr": 3e-3,
+                               "train.total_steps": 12, "optim.lr": 3e-3,
                                "data.train_files": str(tmp_path / "data.jsonl"),
                                "data.eval_files": str(tmp_path / "data.jsonl")})
   groups = next(iter(pipeline.train_dataset(config)))["group"]
@@ -174,6 +174,6 @@ def test_captions_all_run_trains_with_group_positives(tmp_path, capsys):
   final = train.train(config, workdir)
   assert "(group positives)" in capsys.readouterr().out
   losses = [r["loss"] for r in metrics_lib.read_jsonl(workdir) if "loss" in r]
-  assert len(losses) == 16 and all(np.isfinite(losses))
+  assert len(losses) == 12 and all(np.isfinite(losses))
   assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.2, losses
   assert final["eval/examples"] == 30
