@@ -30,6 +30,8 @@ def test_default_config_is_valid():
     (lambda c: c.towers.text.__setattr__("pool", "argmax"), "config.towers.text.pool"),
     # Ids 200..257 would fall past the embedding table.
     (lambda c: c.towers.text.__setattr__("vocab_size", 200), "config.towers.text.vocab_size"),
+    (lambda c: c.loss.__setattr__("positives", "multi"), "config.loss.positives"),
+    (lambda c: c.loss.__setattr__("positives", "group"), "config.loss.positives"),  # captions
 ])
 def test_bad_value_names_its_field(mutate, field):
   config = default_config.get_config()
@@ -94,3 +96,21 @@ def test_resuming_with_a_different_config_is_refused(tmp_path, tiny_config):
   with pytest.raises(config_lib.ConfigError, match=r"^config.towers.image.width"):
     train.save_config(config, str(tmp_path))
   assert json.load(open(os.path.join(tmp_path, "config.json")))["train"]["total_steps"] == 99
+
+
+def test_group_positives_follow_captions_all_unless_told():
+  config = default_config.get_config()
+  assert not config_lib.group_positives(config)            # auto, captions="sample"
+  config.data.captions = "all"
+  assert config_lib.group_positives(config)                # auto, captions="all"
+  config.loss.positives = "pair"                           # copies as negatives, explicitly
+  assert not config_lib.group_positives(config)
+  config.loss.positives = "group"
+  config_lib.validate(config, num_devices=8)
+  assert config_lib.group_positives(config)
+  config.loss.positives = "auto"
+  config.data.source = "synthetic"                         # tower-ready records: no captions
+  assert not config_lib.group_positives(config)
+  config.loss.positives = "group"
+  with pytest.raises(config_lib.ConfigError, match=r"^config\.loss\.positives: 'group' needs"):
+    config_lib.validate(config, num_devices=8)

@@ -78,6 +78,8 @@ def test_resume_in_process_and_mid_multi_caption(tmp_path):
   ids = [i for b in head + expected for i in _ids(b)]
   assert all(len(set(ids[k:k + 3])) == 1 for k in range(0, 27, 3))   # one per caption
   assert len(set(ids[:27])) == 9                                     # = one epoch
+  groups = [int(g) for b in head + expected for g in b["group"]]
+  assert groups == [k // 3 for k in range(28)]   # one group per record: its stream position
   it2 = iter(pipeline.train_dataset(config))
   it2.set_state(json.loads(json.dumps(state)))          # states are JSON, as in checkpoints
   _same(expected, _take(it2, 5))
@@ -137,3 +139,39 @@ def test_float_output_and_clip_normalisation(shards):
   from xmodal.data import transforms
   np.testing.assert_allclose(clip, (u8 / 255.0 - transforms.CLIP_MEAN) / transforms.CLIP_STD,
                              rtol=1e-5, atol=1e-5)
+
+
+def test_group_ids_join_the_copies_of_a_record_on_any_number_of_processes(tmp_path):
+  """captions="all": the k examples of one record share a group id, any two records' ids
+  differ (also across processes), and the id of an example does not depend on how many
+  processes read the stream."""
+  recs = [pipeline.sources.encode_record(r["image"], [f"record {i}"] * (1 + i % 3), label=i)
+          for i, r in enumerate(pipeline.sources.decode_record(x) for x in records(0, 12))]
+  write_arrayrecord(str(tmp_path / "m.arrayrecord"), recs)
+  config = data_config(source="arrayrecord", train_files=str(tmp_path / "m.arrayrecord"),
+                       eval_files=str(tmp_path / "m.arrayrecord"), captions="all")
+
+  def read(process_index, process_count, batches):
+    """[(group, record, epoch)] of every example."""
+    it = iter(pipeline.train_dataset(config, process_index, process_count))
+    out = []
+    for b in _take(it, batches):
+      assert b["group"].dtype == np.int32
+      out += [(int(g), i, int(e)) for g, i, e in zip(b["group"], _ids(b), b["epoch"])]
+    return out
+
+  single = read(0, 1, 6)            # 48 examples: 12 records with 1 + i % 3 captions, twice
+  members = {}
+  for g, i, e in single:
+    members.setdefault(g, []).append((i, e))
+  assert sorted(members) == list(range(24))        # the records' global stream positions
+  for g, copies in members.items():                # a group = every caption of one record
+    (i, e), = set(copies)
+    assert len(copies) == 1 + i % 3 and e == g // 12
+  assert len({copies[0] for copies in members.values()}) == 24   # and records differ
+
+  two = [read(p, 2, 3) for p in range(2)]          # 2 processes x 3 batches of 4
+  for p in range(2):
+    assert all(g % 2 == p for g, _, _ in two[p])   # process p reads positions p, p + 2, ...
+    for g, i, e in two[p]:
+      assert (i, e) == members[g][0]               # the same record as on one process

@@ -101,3 +101,69 @@ def test_scale_is_clipped_at_max_scale():
   emb = {"image": x, "text": y}
   clipped, _ = objective({"logit_scale": jnp.log(500.0)}, emb)
   np.testing.assert_allclose(clipped, losses.dense_loss("softmax", x, y, 50.0), rtol=1e-6)
+
+
+def _groups_across_devices(batch, devices, seed):
+  """Group ids [batch] with groups of 1 to 4 rows, shuffled so that several groups have
+  rows on different devices (checked), plus one group spanning the whole batch's ends."""
+  rng = np.random.RandomState(seed)
+  ids = np.repeat(np.arange(batch), rng.randint(1, 5, batch))[:batch]
+  ids = rng.permutation(ids)
+  ids[0] = ids[-1] = batch + 7                   # the first and the last device share a group
+  per_device = batch // devices
+  crossing = [g for g in np.unique(ids)
+              if len(set(np.flatnonzero(ids == g) // per_device)) > 1]
+  assert len(crossing) >= 3, crossing
+  return jnp.asarray(ids, jnp.int32)
+
+
+@pytest.mark.parametrize("name", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("data, fsdp", [(8, 1), (4, 2)])
+def test_gathered_with_group_ids_equals_dense(name, data, fsdp):
+  """Multi-positive: ids gathered with the embeddings; groups crossing devices."""
+  batch, dim = 48, 16
+  x, y = _unit(jax.random.key(8), (batch, dim)), _unit(jax.random.key(9), (batch, dim))
+  scale, bias = jnp.float32(11.0), jnp.float32(-5.0)
+  ids = _groups_across_devices(batch, data * fsdp, seed=data)
+  sharded = losses.gathered_loss(name, _mesh(data, fsdp))
+  args = (0, 1, 2, 3)
+  value_d, grads_d = jax.value_and_grad(
+      lambda *a: losses.dense_loss(name, *a, ids=ids), argnums=args)(x, y, scale, bias)
+  value_g, grads_g = jax.jit(jax.value_and_grad(
+      lambda *a: sharded(*a, ids=ids), argnums=args))(x, y, scale, bias)
+  np.testing.assert_allclose(value_g, value_d, rtol=1e-5)
+  for g_sharded, g_dense, what in zip(grads_g, grads_d, ["x", "y", "scale", "bias"]):
+    if name == "softmax" and what == "bias":
+      assert float(g_dense) == 0.0 and float(g_sharded) == 0.0
+      continue
+    np.testing.assert_allclose(np.asarray(g_sharded), np.asarray(g_dense), rtol=1e-5,
+                               atol=1e-5 * float(jnp.max(jnp.abs(g_dense))), err_msg=what)
+  # The ids matter: the same rows without groups give another loss.
+  assert abs(float(sharded(x, y, scale, bias)) - float(value_d)) > 1e-2
+
+
+@pytest.mark.parametrize("impl", ["dense", "gathered", "ring"])
+def test_objective_takes_group_ids(impl):
+  """make_objective(params, embeddings, ids) = the dense multi-positive reference, averaged
+  over the modality pairs; without ids it is the plain pair loss."""
+  config = make_tiny_config(**{"loss.impl": impl, "loss.name": "sigmoid",
+                               "loss.tile_size": 5})
+  with config.unlocked():
+    config.towers = {"a": config.towers.image, "b": config.towers.text, "c": config.towers.text}
+  mesh = _mesh(4, 2)
+  emb = {m: _unit(jax.random.key(10 + i), (32, 8)) for i, m in enumerate(["a", "b", "c"])}
+  ids = _groups_across_devices(32, 8, seed=3)
+  params = {"logit_scale": jnp.log(12.0), "logit_bias": jnp.float32(-3.0)}
+  objective = jax.jit(losses.make_objective(config, mesh))
+  total, per_pair = objective(params, emb, ids)
+  pairs = [("a", "b"), ("a", "c"), ("b", "c")]
+  for p, q in pairs:
+    np.testing.assert_allclose(
+        per_pair[f"loss/{p}:{q}"],
+        losses.dense_loss("sigmoid", emb[p], emb[q], 12.0, -3.0, ids=ids), rtol=1e-5)
+  np.testing.assert_allclose(total, np.mean([per_pair[f"loss/{p}:{q}"] for p, q in pairs]),
+                             rtol=1e-6)
+  plain, _ = objective(params, emb)
+  np.testing.assert_allclose(plain, np.mean(
+      [losses.dense_loss("sigmoid", emb[p], emb[q], 12.0, -3.0) for p, q in pairs]), rtol=1e-5)
+  assert abs(float(plain) - float(total)) > 1e-2

@@ -24,11 +24,18 @@ def _config(**overrides):
                              "train.total_steps": 10, **overrides})
 
 
-def _batch(config, seed=0):
+def _batch(config, seed=0, groups=False):
+  """Random images and tokens; groups=True adds "group" ids with groups of 1 to 3 rows (as
+  data.captions="all" gives), scattered over the batch so that they cross devices and
+  micro-batches."""
   rng = np.random.RandomState(seed)
   b, s = config.batch_size, config.data.image_size
-  return {"image": rng.randint(0, 256, (b, s, s, 3)).astype(np.uint8),
-          "text": rng.randint(1, 200, (b, config.data.context_length)).astype(np.int32)}
+  batch = {"image": rng.randint(0, 256, (b, s, s, 3)).astype(np.uint8),
+           "text": rng.randint(1, 200, (b, config.data.context_length)).astype(np.int32)}
+  if groups:
+    batch["group"] = rng.permutation(
+        np.repeat(np.arange(b), rng.randint(1, 4, b))[:b]).astype(np.int32)
+  return batch
 
 
 def _rel(a, b):
@@ -36,42 +43,47 @@ def _rel(a, b):
   return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
 
 
-def _step_results(config, devices, microbatches):
+def _step_results(config, devices, microbatches, groups=False):
   mesh = parallel.make_mesh(config, devices)
   model = model_lib.MultiTower(config)
   tx = optim.make_optimizer(config)
   objective = losses.make_objective(config, mesh)
   state = train.init_state_fn(model, tx, config)(jax.random.key(0))
   state = jax.device_put(state, parallel.replicated(mesh))
-  batch = jax.device_put(_batch(config), parallel.batch_sharding(mesh))
+  batch = parallel.global_batch(mesh, _batch(config, groups=groups))
   step = train.make_train_step(model, tx, objective, optim.schedule(config), microbatches)
   grad_fn = (microbatch.value_and_grad(model, objective, microbatches) if microbatches > 1 else
-             lambda p, b: jax.value_and_grad(
-                 lambda p: objective(p, model.apply({"params": p}, b)), has_aux=True)(p))
+             lambda p, b, ids: jax.value_and_grad(
+                 lambda p: objective(p, model.apply({"params": p}, b), ids), has_aux=True)(p))
 
   @jax.jit
   def step_and_grads(state, batch):   # one compilation for both
-    (loss, _), grads = grad_fn(state["params"], batch)
+    inputs = {k: v for k, v in batch.items() if k != "group"}
+    if microbatches > 1:
+      (loss, _), grads = grad_fn(state["params"], inputs, None, batch.get("group"))
+    else:
+      (loss, _), grads = grad_fn(state["params"], inputs, batch.get("group"))
     new_state, metrics = step(state, batch)
     return new_state["params"], metrics, loss, grads
 
   return step_and_grads(state, batch)
 
 
-@pytest.mark.parametrize("loss_name,impl,n,k", [
-    ("softmax", "gathered", 4, 4),
-    ("softmax", "ring", 8, 2),
-    ("sigmoid", "ring", 2, 8),
+@pytest.mark.parametrize("loss_name,impl,n,k,groups", [
+    ("softmax", "gathered", 4, 4, False),
+    ("softmax", "ring", 8, 2, False),
+    ("sigmoid", "ring", 2, 8, False),
+    ("softmax", "gathered", 8, 2, True),
 ])
-def test_microbatched_step_equals_full_batch(loss_name, impl, n, k):
+def test_microbatched_step_equals_full_batch(loss_name, impl, n, k, groups):
   if len(jax.devices()) < n:
     pytest.skip(f"needs {n} devices")
   config = _config(**{"loss.name": loss_name, "loss.impl": impl, "loss.tile_size": 3,
                       "mesh.data": n})
   config_lib.validate(config, n)
   devices = jax.devices()[:n]
-  full_params, full_metrics, full_loss, full_grads = _step_results(config, devices, 1)
-  mb_params, mb_metrics, mb_loss, mb_grads = _step_results(config, devices, k)
+  full_params, full_metrics, full_loss, full_grads = _step_results(config, devices, 1, groups)
+  mb_params, mb_metrics, mb_loss, mb_grads = _step_results(config, devices, k, groups)
   np.testing.assert_allclose(mb_loss, full_loss, rtol=1e-6)
   np.testing.assert_allclose(mb_metrics["loss"], full_metrics["loss"], rtol=1e-6)
   for path, g in jax.tree_util.tree_leaves_with_path(full_grads):
@@ -119,3 +131,27 @@ def test_config_rejects_microbatches_not_dividing_shard():
     config_lib.validate(c, 4)
   c.train.microbatches = 8
   config_lib.validate(c, 4)
+
+
+def test_train_step_feeds_the_batch_group_to_the_objective():
+  """The step's loss with batch["group"] is the dense multi-positive loss of the towers'
+  embeddings on 8 devices (not the loss without groups)."""
+  config = _config(**{"loss.name": "sigmoid", "loss.impl": "ring", "loss.tile_size": 3})
+  mesh = parallel.make_mesh(config, jax.devices())
+  model = model_lib.MultiTower(config)
+  tx = optim.make_optimizer(config)
+  step = jax.jit(train.make_train_step(model, tx, losses.make_objective(config, mesh),
+                                       optim.schedule(config)))
+  state = jax.device_put(train.init_state_fn(model, tx, config)(jax.random.key(0)),
+                         parallel.replicated(mesh))
+  host = _batch(config, seed=1, groups=True)
+  assert len(np.unique(host["group"])) < config.batch_size / 1.5      # real groups
+  _, metrics = step(state, parallel.global_batch(mesh, host))
+  inputs = {k: v for k, v in host.items() if k != "group"}
+  z = jax.jit(lambda p, b: model.apply({"params": p}, b, train=True, rngs={
+      "dropout": jax.random.fold_in(jax.random.key(0), 0)}))(state["params"], inputs)
+  scale, bias = jnp.exp(state["params"]["logit_scale"]), state["params"]["logit_bias"]
+  want = losses.dense_loss("sigmoid", z["image"], z["text"], scale, bias, ids=host["group"])
+  np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
+  plain = losses.dense_loss("sigmoid", z["image"], z["text"], scale, bias)
+  assert abs(float(metrics["loss"]) - float(plain)) > 1e-2, (float(metrics["loss"]), float(plain))

@@ -148,3 +148,32 @@ def test_manifest_run_with_a_corrupt_image_trains_and_reports_the_skip(tmp_path)
   assert logged[-1]["data/skipped"] >= 4        # 6 steps x 32 rows = 4+ passes over row 3
   assert final["eval/skipped"] == 1 and final["eval/examples"] == 39
   assert "zeroshot/top1" not in final            # no labels, no class names: retrieval only
+
+
+def test_captions_all_run_trains_with_group_positives(tmp_path, capsys):
+  """data.captions="all" on a manifest with 2-3 captions per image: the copies of one
+  record share batch["group"], the step uses them as positives, and the loss falls."""
+  from PIL import Image
+  from xmodal.data import pipeline
+  colours = list(shapes.COLOURS)
+  rows = []
+  for i in range(30):
+    shape, colour = shapes.SHAPES[i % 5], colours[i % 6]
+    Image.fromarray(shapes.render(shape, colour, "large", 1, 1, 16,
+                                  np.random.default_rng(i))).save(tmp_path / f"{i}.png")
+    captions = [f"a {colour} {shape}", f"{shape}, {colour}", f"the {colour} one"]
+    rows.append({"image": f"{i}.png", "caption": captions[:2 + i % 2]})
+  (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+  config = make_tiny_config(**{"data.source": "manifest", "data.captions": "all",
+                               "train.total_steps": 12, "optim.lr": 3e-3,
+                               "data.train_files": str(tmp_path / "data.jsonl"),
+                               "data.eval_files": str(tmp_path / "data.jsonl")})
+  groups = next(iter(pipeline.train_dataset(config)))["group"]
+  assert len(np.unique(groups)) <= 16                 # 32 rows from 2-3 captions per image
+  workdir = str(tmp_path / "run")
+  final = train.train(config, workdir)
+  assert "(group positives)" in capsys.readouterr().out
+  losses = [r["loss"] for r in metrics_lib.read_jsonl(workdir) if "loss" in r]
+  assert len(losses) == 12 and all(np.isfinite(losses))
+  assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.2, losses
+  assert final["eval/examples"] == 30

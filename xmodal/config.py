@@ -15,6 +15,7 @@ from xmodal import default_config
 CHOICES = {
     "loss.name": ("softmax", "sigmoid"),
     "loss.impl": ("dense", "gathered", "ring"),
+    "loss.positives": ("auto", "pair", "group"),
     "model.compute_dtype": ("float32", "bfloat16"),
     "data.source": ("shapes", "manifest", "webdataset", "arrayrecord", "tfds", "mixture",
                     "synthetic", "features"),
@@ -165,6 +166,12 @@ def validate(config, num_devices: int) -> None:
   for name, allowed in CHOICES.items():
     if _get(config, name) not in allowed:
       raise ConfigError(f"config.{name}: {_get(config, name)!r} is not one of {allowed}")
+  if config.loss.positives == "group" and (config.data.captions != "all" or
+                                           config.data.source in ("synthetic", "features")):
+    raise ConfigError(
+        f"config.loss.positives: 'group' needs data.captions='all' on an image/caption source "
+        f"(got captions={config.data.captions!r}, source={config.data.source!r}): only then do "
+        f"several examples come from one record; otherwise every example is its own group")
   for pair in config.loss.pairs:
     parts = pair.split(":")
     if len(parts) != 2 or parts[0] == parts[1] or any(p not in towers for p in parts):
@@ -334,6 +341,19 @@ def _validate_data(config):
           f"config.towers.{name}.pool: 'argmax' pools at the highest token id, but EOS is not "
           f"the highest id of data.tokenizer={d.tokenizer!r} (EOS {tok.eos_id}, ids up to "
           f"{tok.vocab_size - 1}); use 'eot' (the last real token, EOS for every tokenizer)")
+
+
+def group_positives(config) -> bool:
+  """Whether the objective takes the batch's "group" ids (rows with equal ids are
+  positives): `config.loss.positives` = "group", or "auto" with data.captions="all" (the
+  examples one record yields share its pixels, so they are not negatives of each other).
+  Sources of tower-ready records (synthetic, features) have no captions to unroll: "auto"
+  is "pair" there."""
+  positives = config.loss.positives
+  if positives == "auto":
+    return config.data.captions == "all" and config.data.source not in ("synthetic",
+                                                                        "features")
+  return positives == "group"
 
 
 def loss_pairs(config) -> list[tuple[str, str]]:

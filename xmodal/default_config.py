@@ -168,6 +168,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
       tile_size=256,                   # ring: columns scored per tile (any value; need not
                                        # divide the per-device batch); memory ~ b x tile_size
       pairs=(),                        # ("image:text", ...); empty = every pair of towers
+      # Which rows are positives of each other: "pair" (each row's own pair only), "group"
+      # (rows with the same batch["group"], i.e. the examples one record yields with
+      # data.captions="all"; multi-positive targets) or "auto" ("group" when
+      # data.captions="all", else "pair").
+      positives="auto",
       init_scale=0.0,                  # 0 = loss default: 1/0.07 (softmax), 10 (sigmoid)
       init_bias=0.0,                   # sigmoid only; 0 = loss default -10
       max_scale=100.0,                 # the learned scale is clipped to this value

@@ -46,25 +46,27 @@ def merge(tree):
 
 
 def value_and_grad(model, objective: Callable, microbatches: int) -> Callable:
-  """Returns f(params, batch, rng=None) -> ((loss, aux), grads), like
-  `jax.value_and_grad(lambda p: objective(p, model.apply({"params": p}, batch)),
+  """Returns f(params, batch, rng=None, ids=None) -> ((loss, aux), grads), like
+  `jax.value_and_grad(lambda p: objective(p, model.apply({"params": p}, batch), ids),
   has_aux=True)`, but holding one micro-batch's activations at a time. With `rng`, the
   towers run in train mode and micro-batch k draws its randomness (patch dropout) from
-  split(rng)[k], the same key in its forward and in its recomputation."""
+  split(rng)[k], the same key in its forward and in its recomputation. `ids` (group ids
+  [B], optional) go to the objective with the assembled full-batch embeddings, which are
+  in the batch's row order, so they need no splitting."""
 
   def embed(params, inputs, rng):
     if rng is None:
       return model.apply({"params": params}, inputs)
     return model.apply({"params": params}, inputs, train=True, rngs={"dropout": rng})
 
-  def f(params, batch, rng=None):
+  def f(params, batch, rng=None, ids=None):
     chunks = split(batch, microbatches)
     keys = None if rng is None else jax.random.split(rng, microbatches)
     # 1. Forward only: nothing is differentiated here, so no activations are saved.
     embeddings = merge(lax.map(lambda c: embed(params, c[0], c[1]), (chunks, keys)))
     # 2. The loss over the full global batch, and its gradient w.r.t. every embedding.
     (loss, aux), (loss_param_grads, emb_grads) = jax.value_and_grad(
-        objective, argnums=(0, 1), has_aux=True)(params, embeddings)
+        objective, argnums=(0, 1), has_aux=True)(params, embeddings, ids)
     emb_grads = split(emb_grads, microbatches)
 
     # 3. Recompute each micro-batch's forward and pull its embedding gradient back.

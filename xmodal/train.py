@@ -21,8 +21,11 @@ from xmodal.models import model as model_lib
 
 
 def make_train_step(model, tx, objective, schedule, microbatches: int = 1, seed: int = 0):
-  """state {params, opt_state, step}, batch {modality: [B, ...]} -> (new state, metrics).
+  """state {params, opt_state, step}, batch {modality: [B, ...], optionally "group": int32
+  [B]} -> (new state, metrics).
 
+  With "group" in the batch, rows with equal group ids are positives of each other in the
+  objective (multi-positive; the train loop feeds it when `config_lib.group_positives`).
   The towers run in train mode; their randomness (patch dropout) draws from the "dropout"
   rng, the run's seed folded with the step (so a resumed run draws the same masks).
   microbatches > 1: the same gradient, one micro-batch's activations at a time
@@ -30,14 +33,16 @@ def make_train_step(model, tx, objective, schedule, microbatches: int = 1, seed:
 
   def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.key(seed), state["step"])
+    ids = batch.get(pipeline.GROUP_KEY)
+    inputs = {k: v for k, v in batch.items() if k != pipeline.GROUP_KEY}
 
     def loss_fn(params):
-      embeddings = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
-      return objective(params, embeddings)
+      embeddings = model.apply({"params": params}, inputs, train=True, rngs={"dropout": rng})
+      return objective(params, embeddings, ids)
 
     if microbatches > 1:
       grad_fn = microbatch.value_and_grad(model, objective, microbatches)
-      (loss, per_pair), grads = grad_fn(state["params"], batch, rng)
+      (loss, per_pair), grads = grad_fn(state["params"], inputs, rng, ids)
     else:
       (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -111,6 +116,8 @@ def _train(config, workdir: str, mesh) -> dict:
   save_config(config, workdir)
   writer = metrics_lib.MetricWriter(workdir)
   modalities = list(config.towers)           # batch keys: one per tower
+  # ... and the group ids when rows of one record are each other's positives.
+  batch_keys = modalities + ([pipeline.GROUP_KEY] if config_lib.group_positives(config) else [])
   first_pair = config_lib.loss_pairs(config)[0]
   logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
                jax.process_count())
@@ -156,13 +163,15 @@ def _train(config, workdir: str, mesh) -> dict:
   eval_data = pipeline.eval_arrays(config)
   embedder = embed.Embedder(model, mesh, config.eval.batch_size)
   print(f"model: {num_params / 1e6:.2f}M params; towers {list(config.towers)}; "
-        f"loss {config.loss.name}/{config.loss.impl}; global batch {config.batch_size}", flush=True)
+        f"loss {config.loss.name}/{config.loss.impl}"
+        f"{' (group positives)' if pipeline.GROUP_KEY in batch_keys else ''}; "
+        f"global batch {config.batch_size}", flush=True)
 
   # ---------------------------------------------------------------- step
   batch_sharding = parallel.batch_sharding(mesh)
   step_fn = jax.jit(make_train_step(model, tx, objective, schedule,
                                     config.train.microbatches, config.seed),
-                    in_shardings=(state_sharding, {m: batch_sharding for m in modalities}),
+                    in_shardings=(state_sharding, {k: batch_sharding for k in batch_keys}),
                     out_shardings=(state_sharding, parallel.replicated(mesh)),
                     donate_argnums=0)
 
@@ -185,7 +194,7 @@ def _train(config, workdir: str, mesh) -> dict:
     local = next(data_iter)
     skipped_local += int(local["skipped"].sum())
     epoch = max(epoch, int(local["epoch"].max()))
-    batch = parallel.global_batch(mesh, {m: local[m] for m in modalities})
+    batch = parallel.global_batch(mesh, {k: local[k] for k in batch_keys})
     state, step_metrics = step_fn(state, batch)
     pending.append(step_metrics)
     done = step + 1

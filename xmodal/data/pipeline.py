@@ -18,9 +18,13 @@ exactly the batches an uninterrupted one would.
 
 Each batch is {image modality: uint8 [b, S, S, 3] (or float32, `data.image_dtype`),
 text modality: int32 [b, L], "label": int32 [b], "skipped": int32 [b], "epoch": int32 [b],
-"source": int32 [b]}, where the modality keys are the tower names, "skipped" counts the
-unreadable rows dropped just before each example, "epoch" is the pass over its source the
-example comes from (0-based) and "source" its index in the mixture (0 without one).
+"source": int32 [b], "group": int32 [b]}, where the modality keys are the tower names,
+"skipped" counts the unreadable rows dropped just before each example, "epoch" is the pass
+over its source the example comes from (0-based), "source" its index in the mixture (0
+without one) and "group" the record's position in the global stream modulo 2**31: equal
+for the examples one record yields (`data.captions="all"`), distinct for any two records
+of a batch on every process (a batch spans far fewer than 2**31 positions). The loss uses
+it as multi-positive group ids when `config_lib.group_positives(config)`.
 """
 
 import dataclasses
@@ -35,6 +39,11 @@ from xmodal.data import transforms
 # Sources whose records are already tower inputs ({modality: array, "label"}): no decoding,
 # augmentation or tokenizing, any towers.
 READY_SOURCES = ("synthetic", "features")
+
+# batch[GROUP_KEY]: int32 group ids, the record's global stream position modulo
+# GROUP_MODULUS (int32; positions within one batch never lie 2**31 apart).
+GROUP_KEY = "group"
+GROUP_MODULUS = 2 ** 31
 
 SOURCE_KINDS = ("shapes", "manifest", "webdataset", "arrayrecord", "tfds")
 # A run of this many unreadable examples in a row means the data is broken, not noisy:
@@ -172,7 +181,7 @@ class Preprocess(grain.transforms.RandomMap):
     return good or why
 
   def random_map(self, record, rng: np.random.Generator):
-    extra = {k: np.int32(record[k]) for k in ("epoch", "source") if k in record}
+    extra = {k: np.int32(record[k]) for k in ("epoch", "source", GROUP_KEY) if k in record}
     if "_bad" in record:
       return {"_bad": record["_bad"], **extra}
     captions = self._captions(record["caption"])
@@ -303,6 +312,18 @@ class _Tag(grain.transforms.MapWithIndex):
     return record
 
 
+@dataclasses.dataclass
+class _Group(grain.transforms.MapWithIndex):
+  """Adds "group": the record's position in the global (mixed) stream modulo 2**31. Applied
+  before the per-process slice, so it does not depend on the number of processes, and
+  carried by every example the record yields (Preprocess copies it to each caption's)."""
+
+  def map_with_index(self, index, record):
+    record = dict(record)
+    record[GROUP_KEY] = np.int32(index % GROUP_MODULUS)
+    return record
+
+
 def _global_stream(source, seed: int, source_index: int) -> grain.MapDataset:
   """One source's global stream: shuffled with a fresh order each epoch, repeated forever,
   tagged with epoch and source index. Every process builds the same stream."""
@@ -330,6 +351,8 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1,
     logging.info("train source %d: %r, weight %g", i, source, weight)
     parts.append(_global_stream(source, config.seed + 7919 * i, i))
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [w for _, _, w in specs])
+  # Before the random map, which seeds each element by the same index: crops are unchanged.
+  ds = ds.map_with_index(_Group())
   if not ready_source(config, "train"):
     ds = ds.random_map(preprocess_for(config, train=True), seed=config.seed + 1)
   ds = ds[first_example + process_index::process_count]

@@ -16,6 +16,8 @@ With targets w_ij:
            with w in {0, 1} it is the usual SigLIP term.
 
 `dense_loss_with_ids` materialises the whole [B, B] matrix: the reference for tests.
+`row_sum_with_ids` is the same loss for a block of local rows scored against every row
+(the `gathered` implementation's per-device work, losses/__init__.py).
 """
 
 import jax
@@ -46,4 +48,22 @@ def dense_loss_with_ids(name: str, x, y, scale, bias=0.0, ids=None, weight_fn=sa
   if name == "sigmoid":
     logits = logits + bias
     return jnp.sum(jax.nn.softplus(logits) - w * logits) / batch
+  raise ValueError(f"unknown loss {name!r}")
+
+
+def row_sum_with_ids(name: str, x, y, x_all, y_all, ids, ids_all, scale, bias=0.0,
+                     weight_fn=same_id):
+  """Local rows x, y [b, D] with group ids [b] against all rows x_all, y_all [B, D] with
+  ids_all [B] -> the scalar sum of the local rows' terms; summed over every block of rows
+  and divided by B it is `dense_loss_with_ids`. The softmax's y->x direction scores the
+  local y rows against x_all with the same weights (weight_fn is symmetric)."""
+  w = weight_fn(ids, ids_all)                                           # [b, B]
+  if name == "softmax":
+    def direction(s):
+      pos = jnp.sum(w * s, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1e-30)
+      return jnp.sum(jax.nn.logsumexp(s, axis=1) - pos)
+    return 0.5 * (direction(_logits(x, y_all, scale)) + direction(_logits(y, x_all, scale)))
+  if name == "sigmoid":
+    logits = _logits(x, y_all, scale) + bias
+    return jnp.sum(jax.nn.softplus(logits) - w * logits)
   raise ValueError(f"unknown loss {name!r}")
