@@ -31,6 +31,7 @@ def test_default_config_is_valid():
     # Ids 200..257 would fall past the embedding table.
     (lambda c: c.towers.text.__setattr__("vocab_size", 200), "config.towers.text.vocab_size"),
     (lambda c: c.loss.__setattr__("positives", "multi"), "config.loss.positives"),
+    (lambda c: c.towers.__setattr__("group", c.towers.text), "config.towers.group"),
     (lambda c: c.loss.__setattr__("positives", "group"), "config.loss.positives"),  # captions
 ])
 def test_bad_value_names_its_field(mutate, field):
@@ -96,6 +97,20 @@ def test_resuming_with_a_different_config_is_refused(tmp_path, tiny_config):
   with pytest.raises(config_lib.ConfigError, match=r"^config.towers.image.width"):
     train.save_config(config, str(tmp_path))
   assert json.load(open(os.path.join(tmp_path, "config.json")))["train"]["total_steps"] == 99
+  # A run saved before a key existed resumes if the key keeps its default, not otherwise.
+  config.towers.image.width = tiny_config().towers.image.width
+  saved = json.load(open(os.path.join(tmp_path, "config.json")))
+  del saved["loss"]["positives"], saved["towers"]["text"]["pool"]
+  with open(os.path.join(tmp_path, "config.json"), "w") as f:
+    json.dump(saved, f)
+  train.save_config(config, str(tmp_path))
+  saved = json.load(open(os.path.join(tmp_path, "config.json")))
+  del saved["loss"]["positives"]
+  with open(os.path.join(tmp_path, "config.json"), "w") as f:
+    json.dump(saved, f)
+  config.loss.positives = "pair"
+  with pytest.raises(config_lib.ConfigError, match=r"^config.loss.positives: .*'auto'"):
+    train.save_config(config, str(tmp_path))
 
 
 def test_group_positives_follow_captions_all_unless_told():

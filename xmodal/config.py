@@ -12,6 +12,9 @@ import ml_collections
 
 from xmodal import default_config
 
+# Keys the data pipeline puts in every batch beside the modalities (xmodal/data/pipeline.py).
+RESERVED_BATCH_KEYS = ("label", "skipped", "epoch", "source", "group", "caption")
+
 CHOICES = {
     "loss.name": ("softmax", "sigmoid"),
     "loss.impl": ("dense", "gathered", "ring"),
@@ -127,6 +130,9 @@ def validate(config, num_devices: int) -> None:
   rest = {k: v for k, v in config.items() if k != "towers"}
   _check_tree(ml_collections.ConfigDict(rest), ml_collections.ConfigDict(schema_rest), "")
   for modality, tower in towers.items():
+    if modality in RESERVED_BATCH_KEYS:
+      raise ConfigError(f"config.towers.{modality}: {modality!r} is a batch key the pipeline "
+                        f"adds ({', '.join(RESERVED_BATCH_KEYS)}); name the modality otherwise")
     kind = tower.get("kind")
     if kind not in default_config.TOWER_DEFAULTS:
       raise ConfigError(

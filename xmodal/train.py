@@ -77,16 +77,29 @@ def save_config(config, workdir: str) -> None:
     with open(path) as f:
       saved = _flatten(json.load(f))
     now = _flatten(json.loads(config.to_json()))
+    defaults = _schema_defaults(config)
     for key in sorted(set(saved) | set(now)):
-      if saved.get(key) != now.get(key) and (not key.startswith(RESUMABLE_CHANGES)
-                                             or key.startswith(FIXED_CHANGES)):
+      before = saved.get(key, defaults.get(key))   # keys added to the schema since: default
+      if before != now.get(key) and (not key.startswith(RESUMABLE_CHANGES)
+                                     or key.startswith(FIXED_CHANGES)):
         raise config_lib.ConfigError(
-            f"config.{key}: the workdir {workdir} holds a run with {key}={saved.get(key)!r}, "
+            f"config.{key}: the workdir {workdir} holds a run with {key}={before!r}, "
             f"but this config has {now.get(key)!r}; use another --workdir to start a new run")
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(path, "w") as f:
       f.write(config.to_json(indent=2))
+
+
+def _schema_defaults(config) -> dict:
+  """{flat key: default value} for `config`'s schema: the default config's keys and, for
+  every tower, its kind's defaults."""
+  from xmodal import default_config
+  tree = json.loads(default_config.get_config().to_json())
+  tree["towers"] = {name: json.loads(default_config.tower_defaults(tower.kind).to_json())
+                    for name, tower in config.towers.items()
+                    if tower.get("kind") in default_config.TOWER_DEFAULTS}
+  return _flatten(tree)
 
 
 def _flatten(tree, prefix=""):

@@ -265,8 +265,8 @@ class _SkipBadIterator(grain.DatasetIterator):
     element = dict(self._pending[self._taken])
     self._taken += 1
     element["skipped"] = np.int32(skipped)
-    element.setdefault("epoch", np.int32(0))
-    element.setdefault("source", np.int32(0))
+    for key in ("epoch", "source"):      # int32 for every source (ready records too)
+      element[key] = np.int32(element.get(key, 0))
     return element
 
   def get_state(self):
