@@ -63,6 +63,24 @@ def constrain(x):
   return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
 
+class Embed(nn.Module):
+  """Token ids int32 [...] -> vectors [..., features] from a table `embedding` [num, features]
+  (logical axes vocab, embed). The table is gathered whole before the lookup, as FSDP does
+  for every weight before use, so the vectors take the ids' batch sharding: looking up in a
+  table still split over fsdp/model makes XLA reshard the result from the embed axis to
+  the batch axes, which it can only do by replicating it on every device."""
+  num_embeddings: int
+  features: int
+
+  @nn.compact
+  def __call__(self, ids):
+    table = self.param("embedding", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), ("vocab", "embed")),
+        (self.num_embeddings, self.features))
+    table = nn.with_logical_constraint(table, (None, None))
+    return jnp.take(table, ids, axis=0)
+
+
 class Mlp(nn.Module):
   """x [B, L, D] -> [B, L, D] through a hidden layer of `hidden` units and `act`."""
   hidden: int

@@ -53,9 +53,7 @@ class TextTransformer(nn.Module):
       raise ValueError(f"text tokens have length {length} > context_length {self.context_length}")
     # Real tokens: everything up to the last non-pad id of the row.
     mask = jax.lax.cummax((tokens != self.pad_id).astype(jnp.int32), axis=1, reverse=True) > 0
-    x = nn.Embed(self.vocab_size, self.width, name="token_embed",
-                 embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                             ("vocab", "embed")))(tokens)
+    x = layers.Embed(self.vocab_size, self.width, name="token_embed")(tokens)
     pos = self.param("pos_embed", nn.with_logical_partitioning(
         nn.initializers.normal(0.01), (None, None, "embed")), (1, self.context_length, self.width))
     x = x + pos[:, :length]
