@@ -201,6 +201,8 @@ def main():
   args = parser.parse_args()
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.ERROR)
+  import cv2
+  import simplejpeg
   from xmodal.data import pipeline
 
   scales = {"default (0.8-1)": (0.8, 1.0), "Inception (0.08-1)": (0.08, 1.0)}
@@ -234,14 +236,17 @@ def main():
   load_after = os.getloadavg()
 
   shared = (f"shared with other jobs (load average {load_before[0]:.1f} at the start, "
-            f"{load_after[0]:.1f} at the end)" if args.shared == "yes" else "not shared")
+            f"{load_after[0]:.1f} at the end), so wall-clock numbers (the worker columns) "
+            f"are pessimistic" if args.shared == "yes" else
+            "not shared with other jobs (wall-clock worker columns included)")
   lines = [
       "# Input pipeline benchmark",
       "",
       f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t_start))}. Machine: "
       f"{os.cpu_count()} CPU cores ({platform.machine()}), Python "
-      f"{platform.python_version()}, Pillow {Image.__version__}; **the machine was {shared}**"
-      f", so wall-clock numbers (the worker columns) are pessimistic. Images: "
+      f"{platform.python_version()}, Pillow {Image.__version__}, simplejpeg "
+      f"{simplejpeg.__version__}, OpenCV {cv2.__version__}; **the machine was {shared}**. "
+      f"Images: "
       f"{args.images} {args.size}x{args.size} JPEGs (quality 90, mean "
       f"{corpus['mean_kb']:.0f} KB) cut from real photos ({', '.join(corpus['photos'])}) "
       f"with random crops, flips and colour jitter. Work per image: read the record, decode, "
@@ -249,8 +254,9 @@ def main():
       f"normalisation, byte-tokenise the caption. Command: "
       f"`PYTHONPATH=. python tools/bench_input.py`.",
       "",
-      "Baseline: PIL decode at full size, then the same crop + resize, then "
-      "`(x / 255 - mean) / std`, on the same bytes held in memory: "
+      "Baseline: PIL decode at full size, then the same kind of crop + PIL antialiased "
+      "bilinear resize, then the same CLIP normalisation (`transforms.finalize`), on the "
+      "same bytes held in memory: "
       + ", ".join(f"**{v:.0f} images/s/core** with crop scale {k}" for k, v in base.items())
       + ".",
       "",
@@ -291,8 +297,8 @@ def main():
       f"output (the training default; the tower normalises on device), batches of "
       f"{args.batch}; images/s is wall-clock over {args.batches} batches after the first; "
       "the first-batch time counts from creating the iterator (worker start-up and the "
-      "source index included). The main process and the other jobs share the same 2 "
-      "cores, so with 2 workers the per-worker rate drops.",
+      "source index included). The main process (batching) shares the same cores, so with "
+      "as many workers as cores the per-worker rate drops.",
   ]
   table = "\n".join(lines) + "\n"
   print(table)

@@ -153,7 +153,7 @@ def resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
   sx, sy = pixels.shape[1] / width, pixels.shape[0] / height
   sigma_x = math.sqrt((sx * sx - 1) / 6) if sx > 1 else 0.0
   sigma_y = math.sqrt((sy * sy - 1) / 6) if sy > 1 else 0.0
-  if max(sigma_x, sigma_y) > 0.1:
+  if max(sigma_x, sigma_y) > 0.3:     # below: a 3-tap kernel of weights < 0.004 a side
     # ksize (0, 0): OpenCV sizes the kernel from sigma; a tiny sigma is a 1-tap kernel.
     pixels = cv2.GaussianBlur(pixels, (0, 0), sigmaX=max(sigma_x, 1e-3),
                               sigmaY=max(sigma_y, 1e-3))
