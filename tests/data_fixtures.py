@@ -84,7 +84,9 @@ def write_tfds(data_dir: str, tmp: str, n_train: int = 12, n_eval: int = 4) -> s
   """Builds a tiny ArrayRecord tfds dataset "xmodal_tiny_caps"; returns its name."""
   import tensorflow_datasets as tfds
 
-  class XmodalTinyCaps(tfds.core.GeneratorBasedBuilder):
+  # Not registered: a second call in the same process would be refused, and readers find
+  # the build from its own metadata under data_dir anyway.
+  class XmodalTinyCaps(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
