@@ -12,6 +12,8 @@ import ml_collections
 
 from xmodal import default_config
 
+# Sources of tower-ready records, no captions (data/pipeline.py READY_SOURCES).
+_READY_SOURCES = ("synthetic", "features")
 # Keys the data pipeline puts in every batch beside the modalities (xmodal/data/pipeline.py).
 RESERVED_BATCH_KEYS = ("label", "skipped", "epoch", "source", "group", "caption")
 
@@ -164,7 +166,7 @@ def validate(config, num_devices: int) -> None:
       raise ConfigError(f"config.towers.{modality}.patch_dropout: must be in [0, 1)")
   # Data sources the step understands: one image tower and one text tower per example.
   kinds = sorted(t.kind for t in towers.values())
-  if config.data.source not in ("synthetic", "features") and kinds != ["text", "vit"]:
+  if config.data.source not in _READY_SOURCES and kinds != ["text", "vit"]:
     raise ConfigError(
         f"config.towers: data.source={config.data.source!r} gives image/caption pairs, so it "
         f"needs one 'vit' and one 'text' tower, got kinds {kinds}")
@@ -172,8 +174,7 @@ def validate(config, num_devices: int) -> None:
   for name, allowed in CHOICES.items():
     if _get(config, name) not in allowed:
       raise ConfigError(f"config.{name}: {_get(config, name)!r} is not one of {allowed}")
-  if config.loss.positives == "group" and (config.data.captions != "all" or
-                                           config.data.source in ("synthetic", "features")):
+  if config.loss.positives == "group" and not _records_unroll(config):
     raise ConfigError(
         f"config.loss.positives: 'group' needs data.captions='all' on an image/caption source "
         f"(got captions={config.data.captions!r}, source={config.data.source!r}): only then do "
@@ -349,17 +350,19 @@ def _validate_data(config):
           f"{tok.vocab_size - 1}); use 'eot' (the last real token, EOS for every tokenizer)")
 
 
+def _records_unroll(config) -> bool:
+  """True when one record yields several examples: data.captions="all" on an image/caption
+  source (tower-ready sources have no captions to unroll)."""
+  return config.data.captions == "all" and config.data.source not in _READY_SOURCES
+
+
 def group_positives(config) -> bool:
   """Whether the objective takes the batch's "group" ids (rows with equal ids are
-  positives): `config.loss.positives` = "group", or "auto" with data.captions="all" (the
-  examples one record yields share its pixels, so they are not negatives of each other).
-  Sources of tower-ready records (synthetic, features) have no captions to unroll: "auto"
-  is "pair" there."""
+  positives): `config.loss.positives` = "group", or "auto" where records unroll into
+  several examples (data.captions="all": they share pixels, so they are not negatives of
+  each other)."""
   positives = config.loss.positives
-  if positives == "auto":
-    return config.data.captions == "all" and config.data.source not in ("synthetic",
-                                                                        "features")
-  return positives == "group"
+  return positives == "group" or (positives == "auto" and _records_unroll(config))
 
 
 def loss_pairs(config) -> list[tuple[str, str]]:

@@ -135,11 +135,11 @@ def _decode_for_box(data: bytes, width: int, height: int, box_w: int, box_h: int
   return pixels
 
 
-def _snap(box, width: int, pixels: np.ndarray) -> tuple[int, int, int, int]:
+def _snap(box, width: int, decoded_shape) -> tuple[int, int, int, int]:
   """A box (x0, y0, w, h) in an image `width` pixels wide -> the same box in whole pixels
-  of `pixels`, a decode of that image at scale pixels.shape[1] / width."""
-  f = pixels.shape[1] / width
-  h_max, w_max = pixels.shape[:2]
+  of its decode at scale decoded_shape[1] / width, decoded_shape = (height', width')."""
+  h_max, w_max = decoded_shape[:2]
+  f = w_max / width
   x0, y0 = min(int(round(box[0] * f)), w_max - 1), min(int(round(box[1] * f)), h_max - 1)
   w = min(max(1, int(round(box[2] * f))), w_max - x0)
   h = min(max(1, int(round(box[3] * f))), h_max - y0)
@@ -173,7 +173,7 @@ def decode_random_crop(data: bytes | str, size: int, rng: np.random.Generator,
   width, height = _header_size(data)
   box = sample_crop(width, height, rng, scale, ratio)
   pixels = _decode_for_box(data, width, height, box[2], box[3], size)
-  return _crop_resize_flip(pixels, _snap(box, width, pixels), size, rng, flip)
+  return _crop_resize_flip(pixels, _snap(box, width, pixels.shape), size, rng, flip)
 
 
 def _crop_resize_flip(pixels, box, size, rng, flip) -> np.ndarray:
@@ -193,8 +193,9 @@ def reference_random_crop(data: bytes, size: int, rng: np.random.Generator,
   width, height = _header_size(data)
   box = sample_crop(width, height, rng, scale, ratio)
   r = _reduction(box[2], box[3], size) if _is_jpeg(data) else 1
-  f = width / math.ceil(width / r)              # original pixels per decoded pixel
-  x0, y0, w, h = _snap(box, width, np.empty((math.ceil(height / r), math.ceil(width / r))))
+  decoded_shape = (math.ceil(height / r), math.ceil(width / r))
+  f = width / decoded_shape[1]                  # original pixels per decoded pixel
+  x0, y0, w, h = _snap(box, width, decoded_shape)
   full = open_image(data).convert("RGB")
   out = full.resize((size, size), Image.BILINEAR, box=(x0 * f, y0 * f, (x0 + w) * f,
                                                         (y0 + h) * f))
@@ -233,7 +234,7 @@ def decode_center_crop(data: bytes | str, size: int) -> np.ndarray:
   width, height = _header_size(data)
   side = min(width, height)
   pixels = _decode_for_box(data, width, height, side, side, size)
-  return resize_center_crop(Image.fromarray(pixels).convert("RGB"), size)
+  return resize_center_crop(Image.fromarray(pixels), size)
 
 
 def finalize(pixels: np.ndarray, dtype: str = "uint8", normalize: str = "none") -> np.ndarray:

@@ -15,9 +15,10 @@ With targets w_ij:
   sigmoid  pair (i, j):    softplus(l_ij) - w_ij l_ij = -w log sig(l) - (1 - w) log sig(-l);
            with w in {0, 1} it is the usual SigLIP term.
 
-`dense_loss_with_ids` materialises the whole [B, B] matrix: the reference for tests.
-`row_sum_with_ids` is the same loss for a block of local rows scored against every row
-(the `gathered` implementation's per-device work, losses/__init__.py).
+`row_sum_with_ids` scores a block of local rows against every row (the `gathered`
+implementation's per-device work, losses/__init__.py); `dense_loss_with_ids` is it on one
+device with the whole [B, B] matrix, the reference for the ring loss (which tests also check
+against a brute-force numpy loop).
 """
 
 import jax
@@ -35,20 +36,11 @@ def _logits(x, y, scale):
 
 
 def dense_loss_with_ids(name: str, x, y, scale, bias=0.0, ids=None, weight_fn=same_id):
-  """Reference on one device: x, y [B, D], ids [B] (None = arange) -> scalar mean loss."""
+  """Reference on one device: x, y [B, D], ids [B] (None = arange) -> scalar mean loss.
+  Every row scored against every row: one block of `row_sum_with_ids`."""
   batch = x.shape[0]
   ids = jnp.arange(batch) if ids is None else ids
-  w = weight_fn(ids, ids)
-  logits = _logits(x, y, scale)
-  if name == "softmax":
-    def direction(s, w):
-      pos = jnp.sum(w * s, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1e-30)
-      return jnp.sum(jax.nn.logsumexp(s, axis=1) - pos)
-    return 0.5 * (direction(logits, w) + direction(logits.T, w.T)) / batch
-  if name == "sigmoid":
-    logits = logits + bias
-    return jnp.sum(jax.nn.softplus(logits) - w * logits) / batch
-  raise ValueError(f"unknown loss {name!r}")
+  return row_sum_with_ids(name, x, y, x, y, ids, ids, scale, bias, weight_fn) / batch
 
 
 def row_sum_with_ids(name: str, x, y, x_all, y_all, ids, ids_all, scale, bias=0.0,
