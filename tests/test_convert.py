@@ -66,6 +66,15 @@ def _clip(tmp_path):
   return ref
 
 
+def _clip_features(ref, images, ids):
+  """The transformers CLIP model's image and text features (numpy) for images and ids."""
+  with torch.no_grad():
+    image = _features(ref.get_image_features(
+        pixel_values=_pixels(images, model_lib.vit.CLIP_MEAN, model_lib.vit.CLIP_STD)))
+    text = _features(ref.get_text_features(input_ids=torch.from_numpy(ids)))
+  return image, text
+
+
 def _clip_text(n=3, length=16, vocab=99):
   ids = np.zeros((n, length), np.int64)
   for i, real in enumerate([5, 11, 16][:n]):
@@ -79,10 +88,7 @@ def test_hf_clip_matches_transformers(tmp_path):
   conv = convert.load(str(tmp_path))
   assert conv.towers["image"].act == "quick_gelu" and conv.towers["text"].pool == "argmax"
   images, ids = _images(), _clip_text()
-  with torch.no_grad():
-    want_img = _features(ref.get_image_features(
-        pixel_values=_pixels(images, model_lib.vit.CLIP_MEAN, model_lib.vit.CLIP_STD)))
-    want_txt = _features(ref.get_text_features(input_ids=torch.from_numpy(ids)))
+  want_img, want_txt = _clip_features(ref, images, ids)
   got = _xmodal(conv, {"image": images, "text": ids.astype(np.int32)})
   assert got["image"].shape == (3, 24)
   np.testing.assert_allclose(got["image"], want_img, atol=ATOL, rtol=0)
@@ -143,10 +149,7 @@ def test_open_clip_state_dict_matches_transformers(tmp_path):
                            {"vision_cfg": {"heads": 4}, "text_cfg": {"heads": 4}, "quick_gelu": True})
   assert conv.report.unused == []
   images, ids = _images(), _clip_text()
-  with torch.no_grad():
-    want_img = _features(ref.get_image_features(
-        pixel_values=_pixels(images, model_lib.vit.CLIP_MEAN, model_lib.vit.CLIP_STD)))
-    want_txt = _features(ref.get_text_features(input_ids=torch.from_numpy(ids)))
+  want_img, want_txt = _clip_features(ref, images, ids)
   got = _xmodal(conv, {"image": images, "text": ids.astype(np.int32)})
   np.testing.assert_allclose(got["image"], want_img, atol=ATOL, rtol=0)
   np.testing.assert_allclose(got["text"], want_txt, atol=ATOL, rtol=0)

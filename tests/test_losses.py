@@ -43,6 +43,19 @@ def test_dense_matches_plain_formula():
                              _reference_sigmoid(xn, yn, 10.0, -10.0), rtol=1e-5)
 
 
+def _assert_same_value_and_grads(name, got, want):
+  """(value, grads for x, y, scale, bias) of the sharded loss == the dense one, to 1e-5;
+  softmax has no bias, so both bias gradients are exactly 0."""
+  (value_g, grads_g), (value_d, grads_d) = got, want
+  np.testing.assert_allclose(value_g, value_d, rtol=1e-5)
+  for g_sharded, g_dense, what in zip(grads_g, grads_d, ["x", "y", "scale", "bias"]):
+    if name == "softmax" and what == "bias":
+      assert float(g_dense) == 0.0 and float(g_sharded) == 0.0
+      continue
+    np.testing.assert_allclose(np.asarray(g_sharded), np.asarray(g_dense), rtol=1e-5,
+                               atol=1e-5 * float(jnp.max(jnp.abs(g_dense))), err_msg=what)
+
+
 @pytest.mark.parametrize("name", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("data, fsdp", [(8, 1), (4, 2), (2, 1)])
 def test_gathered_equals_dense_values_and_gradients(name, data, fsdp):
@@ -55,13 +68,7 @@ def test_gathered_equals_dense_values_and_gradients(name, data, fsdp):
   value_d, grads_d = jax.value_and_grad(dense, argnums=(0, 1, 2, 3))(x, y, scale, bias)
   value_g, grads_g = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2, 3)))(
       x, y, scale, bias)
-  np.testing.assert_allclose(value_g, value_d, rtol=1e-5)
-  for g_sharded, g_dense, what in zip(grads_g, grads_d, ["x", "y", "scale", "bias"]):
-    if name == "softmax" and what == "bias":
-      assert float(g_dense) == 0.0 and float(g_sharded) == 0.0
-      continue
-    np.testing.assert_allclose(np.asarray(g_sharded), np.asarray(g_dense), rtol=1e-5,
-                               atol=1e-5 * float(jnp.max(jnp.abs(g_dense))), err_msg=what)
+  _assert_same_value_and_grads(name, (value_g, grads_g), (value_d, grads_d))
 
 
 def test_gathered_sees_negatives_from_every_device():
@@ -131,13 +138,7 @@ def test_gathered_with_group_ids_equals_dense(name, data, fsdp):
       lambda *a: losses.dense_loss(name, *a, ids=ids), argnums=args)(x, y, scale, bias)
   value_g, grads_g = jax.jit(jax.value_and_grad(
       lambda *a: sharded(*a, ids=ids), argnums=args))(x, y, scale, bias)
-  np.testing.assert_allclose(value_g, value_d, rtol=1e-5)
-  for g_sharded, g_dense, what in zip(grads_g, grads_d, ["x", "y", "scale", "bias"]):
-    if name == "softmax" and what == "bias":
-      assert float(g_dense) == 0.0 and float(g_sharded) == 0.0
-      continue
-    np.testing.assert_allclose(np.asarray(g_sharded), np.asarray(g_dense), rtol=1e-5,
-                               atol=1e-5 * float(jnp.max(jnp.abs(g_dense))), err_msg=what)
+  _assert_same_value_and_grads(name, (value_g, grads_g), (value_d, grads_d))
   # The ids matter: the same rows without groups give another loss.
   assert abs(float(sharded(x, y, scale, bias)) - float(value_d)) > 1e-2
 
