@@ -33,6 +33,22 @@ def test_default_config_is_valid():
     (lambda c: c.loss.__setattr__("positives", "multi"), "config.loss.positives"),
     (lambda c: c.towers.__setattr__("group", c.towers.text), "config.towers.group"),
     (lambda c: c.loss.__setattr__("positives", "group"), "config.loss.positives"),  # captions
+    # Ranges, each declared with its field (xmodal/default_config.py).
+    (lambda c: c.loss.__setattr__("max_scale", -1.0), "config.loss.max_scale: must be > 0"),
+    (lambda c: c.loss.__setattr__("max_scale", 0.0), "config.loss.max_scale: must be > 0"),
+    (lambda c: c.loss.__setattr__("init_scale", -1.0), "config.loss.init_scale: must be >= 0"),
+    (lambda c: c.optim.__setattr__("b1", 1.0), "config.optim.b1: must be in [0, 1)"),
+    (lambda c: c.optim.__setattr__("b2", -0.1), "config.optim.b2: must be in [0, 1)"),
+    (lambda c: c.optim.__setattr__("eps", -1e-8), "config.optim.eps: must be >= 0"),
+    (lambda c: c.optim.__setattr__("weight_decay", -0.1), "config.optim.weight_decay"),
+    (lambda c: c.optim.__setattr__("end_lr_fraction", -0.5), "config.optim.end_lr_fraction"),
+    (lambda c: c.optim.__setattr__("end_lr_fraction", 2.0), "config.optim.end_lr_fraction"),
+    (lambda c: c.train.__setattr__("frozen", ("image/(",)), "config.train.frozen"),
+    (lambda c: c.data.__setattr__("crop_scale", (0.5, 1.5)), "config.data.crop_scale"),
+    (lambda c: c.data.__setattr__("crop_scale", (0.9, 0.5)), "config.data.crop_scale"),
+    (lambda c: c.towers.image.__setattr__("patch_dropout", 1.0), "config.towers.image.patch_dropout"),
+    (lambda c: c.towers.text.__setattr__("layer_norm_eps", 0.0), "config.towers.text.layer_norm_eps"),
+    (lambda c: c.train.__setattr__("eval_every", -1), "config.train.eval_every"),
 ])
 def test_bad_value_names_its_field(mutate, field):
   config = default_config.get_config()
@@ -41,6 +57,20 @@ def test_bad_value_names_its_field(mutate, field):
   with pytest.raises(config_lib.ConfigError) as err:
     config_lib.validate(config, num_devices=8)
   assert str(err.value).startswith(field), str(err.value)
+
+
+def test_every_numeric_field_declares_its_range():
+  """A number without a declared range is a hole in validation (the logit bias is the one
+  field that may be any real)."""
+  from xmodal import fields
+  declared = dict(fields.flat(default_config.SCHEMA))
+  for kind in default_config.tower_kinds():
+    declared.update({f"towers.{kind}.{k}": f
+                     for k, f in default_config.tower_fields(kind).items()})
+  unbounded = [k for k, f in declared.items()
+               if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)
+               and not f.range_text() and k != "loss.init_bias"]
+  assert not unbounded
 
 
 def test_manifest_path_matching_nothing(tmp_path):

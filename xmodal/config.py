@@ -1,92 +1,24 @@
 """Config checking: every config is validated before anything compiles.
 
-`validate(config, num_devices)` walks the config against the schema in
-`xmodal/default_config.py` and raises `ConfigError` with the dotted name of the first bad
-field: an unknown key, a value of the wrong type, an out-of-range choice, a batch size that
-the devices cannot split, a path that matches no files.
+`validate(config, num_devices)` checks the config against the fields declared in
+`xmodal/default_config.py` (unknown keys, types, choices, ranges: `xmodal/fields.py`), then
+the rules that relate fields to each other, and raises `ConfigError` with the dotted name of
+the first bad field: a batch size that the devices cannot split, a path that matches no
+files, a text context the tower cannot embed, ...
 """
 
 import os
+import re
 
 import ml_collections
 
-from xmodal import default_config
+from xmodal import default_config, fields
+from xmodal.fields import ConfigError  # noqa: F401 (the project's config error type)
 
 # Sources of tower-ready records, no captions (data/pipeline.py READY_SOURCES).
 _READY_SOURCES = ("synthetic", "features")
 # Keys the data pipeline puts in every batch beside the modalities (xmodal/data/pipeline.py).
 RESERVED_BATCH_KEYS = ("label", "skipped", "epoch", "source", "group", "caption")
-
-CHOICES = {
-    "loss.name": ("softmax", "sigmoid"),
-    "loss.impl": ("dense", "gathered", "ring"),
-    "loss.positives": ("auto", "pair", "group"),
-    "model.compute_dtype": ("float32", "bfloat16"),
-    "data.source": ("shapes", "manifest", "webdataset", "arrayrecord", "tfds", "mixture",
-                    "synthetic", "features"),
-    "data.eval_source": ("", "shapes", "manifest", "webdataset", "arrayrecord", "tfds",
-                         "synthetic", "features"),
-    "data.tokenizer": ("bytes", "sentencepiece", "hf", "clip"),
-    "data.captions": ("sample", "first", "all"),
-    "data.image_dtype": ("uint8", "float32"),
-    "data.normalize": ("none", "clip"),
-}
-_COMMON_CHOICES = {"act": ("gelu_tanh", "gelu", "quick_gelu", "relu"),
-                   "remat": ("none", "full", "dots"), "head": ("linear", "mlp", "none")}
-_POOL = {"pool": ("gap", "cls", "map")}
-TOWER_CHOICES = {
-    "vit": {"pool": ("gap", "cls", "map"), "pos_embed": ("learned", "sincos2d", "none"),
-            **_COMMON_CHOICES},
-    "text": {"pool": ("eot", "argmax", "last", "mean", "first"), **_COMMON_CHOICES},
-    "audio": {**_POOL, **_COMMON_CHOICES},
-    "video": {"temporal": ("mean", "attention"), **_COMMON_CHOICES},
-    "volume": _COMMON_CHOICES,
-    "vector": {"encoder": ("mlp", "transformer", "identity"), **_POOL, **_COMMON_CHOICES},
-    "signal": {**_POOL, **_COMMON_CHOICES},
-}
-
-
-class ConfigError(ValueError):
-  """A config value is wrong; the message starts with the field's dotted name."""
-
-
-def _check_tree(node, schema, prefix):
-  """Unknown keys and wrong types, recursively. Tower sections use their kind's schema."""
-  for key in node.keys():
-    name = f"{prefix}{key}"
-    if key not in schema:
-      raise ConfigError(f"config.{name}: unknown key; known keys here: {sorted(schema.keys())}")
-    value, expected = node[key], schema[key]
-    if isinstance(expected, ml_collections.ConfigDict):
-      if not isinstance(value, ml_collections.ConfigDict):
-        raise ConfigError(f"config.{name}: expected a section, got {value!r}")
-      _check_tree(value, expected, name + ".")
-      continue
-    _check_type(name, value, expected)
-
-
-def _check_type(name, value, expected):
-  if isinstance(expected, bool):
-    ok = isinstance(value, bool)
-  elif isinstance(expected, int):
-    ok = isinstance(value, int) and not isinstance(value, bool)
-  elif isinstance(expected, float):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-  elif isinstance(expected, (tuple, list)):
-    ok = isinstance(value, (tuple, list))
-  else:
-    ok = isinstance(value, type(expected))
-  if not ok:
-    raise ConfigError(
-        f"config.{name}: expected {type(expected).__name__}, got {type(value).__name__} "
-        f"({value!r})")
-
-
-def _positive(config, *names):
-  for name in names:
-    value = _get(config, name)
-    if value <= 0:
-      raise ConfigError(f"config.{name}: must be > 0, got {value!r}")
 
 
 def _get(config, dotted):
@@ -121,49 +53,46 @@ def mesh_shape(config, num_devices: int) -> dict:
   return shape
 
 
+def _check_tower(config, modality: str, tower) -> None:
+  """One tower section: its name, its kind's declared fields, and its sizes."""
+  if modality in RESERVED_BATCH_KEYS:
+    raise ConfigError(f"config.towers.{modality}: {modality!r} is a batch key the pipeline "
+                      f"adds ({', '.join(RESERVED_BATCH_KEYS)}); name the modality otherwise")
+  if not isinstance(tower, ml_collections.ConfigDict):
+    raise ConfigError(f"config.towers.{modality}: expected a tower section, got {tower!r}")
+  kind = tower.get("kind")
+  if kind not in default_config.tower_kinds():
+    raise ConfigError(
+        f"config.towers.{modality}.kind: unknown tower kind {kind!r}"
+        f"{fields.closest(str(kind), default_config.tower_kinds())} (known: "
+        f"{', '.join(default_config.tower_kinds())})")
+  fields.check(tower, default_config.tower_fields(kind), f"towers.{modality}.")
+  size = tower
+  if kind == "vit" and tower.variant:
+    from xmodal.models import vit as vit_lib   # noqa: PLC0415 (keeps config import light)
+    try:
+      size = ml_collections.ConfigDict({**tower.to_dict(), **vit_lib.parse_variant(tower.variant)})
+    except ValueError as e:
+      raise ConfigError(f"config.towers.{modality}.variant: {e}") from None
+  if "num_heads" in size and size.width % size.num_heads:
+    raise ConfigError(
+        f"config.towers.{modality}.width: {size.width} is not divisible by num_heads "
+        f"{size.num_heads}")
+  width = size.features if (kind == "vector" and tower.encoder == "identity") else size.width
+  if tower.get("head") == "none" and width != config.model.embed_dim:
+    raise ConfigError(
+        f"config.towers.{modality}.head: 'none' needs width {width} == "
+        f"model.embed_dim {config.model.embed_dim}")
+
+
 def validate(config, num_devices: int) -> None:
   """Raises ConfigError naming the first bad field; returns None when the config is usable."""
-  schema = default_config.get_config()
   towers = config.get("towers")
-  # Tower sections: each a kind's schema, checked apart from the rest.
   if not isinstance(towers, ml_collections.ConfigDict) or len(towers) < 2:
     raise ConfigError("config.towers: needs at least two towers (one per modality)")
-  schema_rest = {k: v for k, v in schema.items() if k != "towers"}
-  rest = {k: v for k, v in config.items() if k != "towers"}
-  _check_tree(ml_collections.ConfigDict(rest), ml_collections.ConfigDict(schema_rest), "")
+  fields.check(config, default_config.SCHEMA, skip=("towers",))
   for modality, tower in towers.items():
-    if modality in RESERVED_BATCH_KEYS:
-      raise ConfigError(f"config.towers.{modality}: {modality!r} is a batch key the pipeline "
-                        f"adds ({', '.join(RESERVED_BATCH_KEYS)}); name the modality otherwise")
-    kind = tower.get("kind")
-    if kind not in default_config.TOWER_DEFAULTS:
-      raise ConfigError(
-          f"config.towers.{modality}.kind: unknown tower kind {kind!r}; known: "
-          f"{sorted(default_config.TOWER_DEFAULTS)}")
-    _check_tree(tower, default_config.tower_defaults(kind), f"towers.{modality}.")
-    for field, allowed in TOWER_CHOICES.get(kind, {}).items():
-      if tower[field] not in allowed:
-        raise ConfigError(
-            f"config.towers.{modality}.{field}: {tower[field]!r} is not one of {allowed}")
-    size = tower
-    if kind == "vit" and tower.variant:
-      from xmodal.models import vit as vit_lib   # noqa: PLC0415 (keeps config import light)
-      try:
-        size = ml_collections.ConfigDict({**tower.to_dict(), **vit_lib.parse_variant(tower.variant)})
-      except ValueError as e:
-        raise ConfigError(f"config.towers.{modality}.variant: {e}") from None
-    if "num_heads" in size and size.width % size.num_heads:
-      raise ConfigError(
-          f"config.towers.{modality}.width: {size.width} is not divisible by num_heads "
-          f"{size.num_heads}")
-    _positive(size, *(f for f in ("width", "depth", "num_heads") if f in size))
-    width = size.features if (kind == "vector" and tower.encoder == "identity") else size.width
-    if tower.get("head") == "none" and width != config.model.embed_dim:
-      raise ConfigError(
-          f"config.towers.{modality}.head: 'none' needs width {width} == "
-          f"model.embed_dim {config.model.embed_dim}")
-    if not 0 <= tower.get("patch_dropout", 0.0) < 1:
-      raise ConfigError(f"config.towers.{modality}.patch_dropout: must be in [0, 1)")
+    _check_tower(config, modality, tower)
   # Data sources the step understands: one image tower and one text tower per example.
   kinds = sorted(t.kind for t in towers.values())
   if config.data.source not in _READY_SOURCES and kinds != ["text", "vit"]:
@@ -171,9 +100,6 @@ def validate(config, num_devices: int) -> None:
         f"config.towers: data.source={config.data.source!r} gives image/caption pairs, so it "
         f"needs one 'vit' and one 'text' tower, got kinds {kinds}")
 
-  for name, allowed in CHOICES.items():
-    if _get(config, name) not in allowed:
-      raise ConfigError(f"config.{name}: {_get(config, name)!r} is not one of {allowed}")
   if config.loss.positives == "group" and not _records_unroll(config):
     raise ConfigError(
         f"config.loss.positives: 'group' needs data.captions='all' on an image/caption source "
@@ -185,19 +111,14 @@ def validate(config, num_devices: int) -> None:
       raise ConfigError(
           f"config.loss.pairs: {pair!r} must be 'a:b' with two different tower names from "
           f"{sorted(towers.keys())}")
-  _positive(config, "batch_size", "train.total_steps", "train.log_every",
-            "train.checkpoint_every", "train.keep_checkpoints", "optim.lr",
-            "data.image_size", "data.context_length", "model.embed_dim", "eval.batch_size")
   if config.optim.warmup_steps >= config.train.total_steps:
     raise ConfigError(
         f"config.optim.warmup_steps: {config.optim.warmup_steps} must be below "
         f"train.total_steps {config.train.total_steps}")
   for name in ("data.crop_scale", "data.crop_ratio"):
     low_high = _get(config, name)
-    if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
-      raise ConfigError(f"config.{name}: expected (low, high) with 0 < low <= high, got {low_high}")
-  if config.data.crop_scale[1] > 1:
-    raise ConfigError(f"config.data.crop_scale: area fraction above 1: {config.data.crop_scale}")
+    if len(low_high) != 2 or not low_high[0] <= low_high[1]:
+      raise ConfigError(f"config.{name}: expected (low, high) with low <= high, got {low_high}")
   vit = [t for t in towers.values() if t.kind == "vit"]
   for t in vit:
     patch = t.patch_size
@@ -228,7 +149,6 @@ def validate(config, num_devices: int) -> None:
     raise ConfigError(
         f"config.batch_size: {config.batch_size} is not divisible by the {batch_shards} "
         f"batch shards (mesh data={shape['data']} x fsdp={shape['fsdp']}, {num_devices} devices)")
-  _positive(config, "train.microbatches", "loss.tile_size")
   per_shard = config.batch_size // batch_shards
   if per_shard % config.train.microbatches:
     raise ConfigError(
@@ -247,8 +167,11 @@ def validate(config, num_devices: int) -> None:
     if len(pair) != 2 or not all(isinstance(p, str) for p in pair):
       raise ConfigError(f"config.init.map: {pair!r} must be (dst_regex, src_template)")
   for field in ("train.frozen", "train.unfrozen"):
-    if isinstance(_get(config, field), str):
-      raise ConfigError(f"config.{field}: expected a tuple of regexes, got a string")
+    for pattern in _get(config, field):
+      try:
+        re.compile(pattern)
+      except (re.error, TypeError) as e:
+        raise ConfigError(f"config.{field}: {pattern!r} is not a regex ({e})") from None
   if config.eval.classnames and not os.path.exists(config.eval.classnames):
     raise ConfigError(f"config.eval.classnames: no such file {config.eval.classnames!r}")
   for template in config.eval.templates:
@@ -320,9 +243,6 @@ def _validate_data(config):
   if d.image_dtype == "uint8" and d.normalize != "none":
     raise ConfigError(f"config.data.normalize: {d.normalize!r} needs data.image_dtype="
                       f"'float32' (uint8 images are normalised by the image tower)")
-  _positive(config, "data.read_threads")
-  if d.num_workers < 0:
-    raise ConfigError(f"config.data.num_workers: must be >= 0, got {d.num_workers}")
   if d.tokenizer != "bytes":
     if not d.tokenizer_path:
       raise ConfigError(f"config.data.tokenizer_path: required for data.tokenizer="

@@ -98,7 +98,7 @@ def _schema_defaults(config) -> dict:
   tree = json.loads(default_config.get_config().to_json())
   tree["towers"] = {name: json.loads(default_config.tower_defaults(tower.kind).to_json())
                     for name, tower in config.towers.items()
-                    if tower.get("kind") in default_config.TOWER_DEFAULTS}
+                    if tower.get("kind") in default_config.tower_kinds()}
   return _flatten(tree)
 
 

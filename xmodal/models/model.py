@@ -43,7 +43,7 @@ def _encoder_kwargs(cfg) -> dict:
 
 def with_defaults(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The tower section over its kind's defaults (configs saved before a field existed)."""
-  if cfg.kind not in default_config.TOWER_DEFAULTS:
+  if cfg.kind not in default_config.tower_kinds():
     return cfg
   full = default_config.tower_defaults(cfg.kind)
   full.update(cfg.to_dict())
