@@ -7,6 +7,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 from xmodal import metrics as metrics_lib, train
 from tiny import make_tiny_config
@@ -16,6 +17,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import cache_features  # noqa: E402
 
 
+@pytest.mark.slow
 def test_projectors_learn_on_cached_features(tmp_path):
   frozen = str(tmp_path / "frozen")
   train.train(make_tiny_config(**{"train.total_steps": 40, "optim.lr": 3e-3}), frozen)

@@ -82,6 +82,7 @@ def test_manifest_path_matching_nothing(tmp_path):
     config_lib.validate(config, num_devices=1)
 
 
+@pytest.mark.slow
 def test_wrong_type_from_a_config_file(tmp_path):
   path = tmp_path / "exp.py"
   path.write_text(
@@ -100,6 +101,7 @@ def test_wrong_type_from_a_config_file(tmp_path):
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_unknown_override_on_the_command_line(tmp_path):
   result = subprocess.run([sys.executable, "-m", "xmodal.cli", "train", "--config.optim.lrate=1",
                            f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=120)

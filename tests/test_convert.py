@@ -11,6 +11,8 @@ import jax
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow   # end-to-end / subprocess / torch parity
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

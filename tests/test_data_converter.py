@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+
+pytestmark = pytest.mark.slow   # end-to-end / subprocess / torch parity
 from data_fixtures import (caption_index, data_config, good_samples, image_bytes, write_tar,
                            write_tfds)
 from xmodal import config as config_lib

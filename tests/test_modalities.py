@@ -98,6 +98,7 @@ def test_frozen_encoders_with_mlp_projectors_align_on_cached_features():
   assert np.mean(losses_seen[-5:]) < np.mean(losses_seen[:5]) - 0.3
 
 
+@pytest.mark.slow
 def test_model_cards_validate_and_the_audio_card_trains(tmp_path):
   import importlib.util
   import os

@@ -11,6 +11,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow   # end-to-end / subprocess / torch parity
+
 import xmodal
 from xmodal import cli, metrics as metrics_lib, train
 from xmodal.data import shapes
