@@ -33,6 +33,11 @@ def test_default_config_is_valid():
     (lambda c: c.loss.__setattr__("positives", "multi"), "config.loss.positives"),
     (lambda c: c.towers.__setattr__("group", c.towers.text), "config.towers.group"),
     (lambda c: c.loss.__setattr__("positives", "group"), "config.loss.positives"),  # captions
+    (lambda c: c.data.__setattr__("max_image_pixels", -1), "config.data.max_image_pixels"),
+    (lambda c: c.data.__setattr__("alpha_background", (255, 255)),
+     "config.data.alpha_background"),
+    (lambda c: c.data.__setattr__("alpha_background", (0, 0, 256)),
+     "config.data.alpha_background"),
 ])
 def test_bad_value_names_its_field(mutate, field):
   config = default_config.get_config()

@@ -321,6 +321,7 @@ def _validate_data(config):
     raise ConfigError(f"config.data.normalize: {d.normalize!r} needs data.image_dtype="
                       f"'float32' (uint8 images are normalised by the image tower)")
   _positive(config, "data.read_threads")
+  check_image_limits(config)
   if d.num_workers < 0:
     raise ConfigError(f"config.data.num_workers: must be >= 0, got {d.num_workers}")
   if d.tokenizer != "bytes":
@@ -348,6 +349,19 @@ def _validate_data(config):
           f"config.towers.{name}.pool: 'argmax' pools at the highest token id, but EOS is not "
           f"the highest id of data.tokenizer={d.tokenizer!r} (EOS {tok.eos_id}, ids up to "
           f"{tok.vocab_size - 1}); use 'eot' (the last real token, EOS for every tokenizer)")
+
+
+def check_image_limits(config):
+  """data.max_image_pixels >= 0; data.alpha_background an RGB triple of 0..255 ints."""
+  d = config.data
+  if d.max_image_pixels < 0:
+    raise ConfigError(f"config.data.max_image_pixels: must be >= 0 (0 = no limit), got "
+                      f"{d.max_image_pixels}")
+  bg = d.alpha_background
+  if len(bg) != 3 or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255
+                             for c in bg):
+    raise ConfigError(f"config.data.alpha_background: expected (r, g, b) with ints in 0..255, "
+                      f"got {tuple(bg)!r}")
 
 
 def _records_unroll(config) -> bool:

@@ -203,6 +203,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
       captions="sample",               # several captions: "sample" one per use, "first", or
                                        # "all" (one training example per caption)
       image_size=32,
+      # Encoded images whose header holds more pixels are skipped and counted (the reason
+      # in the log) before decoding: PNG/WebP decode whole, one 10k x 16k PNG costs seconds
+      # and gigabytes. 0 = no limit (PIL still refuses > 179M pixels as a decompression bomb).
+      max_image_pixels=64_000_000,
+      alpha_background=(255, 255, 255),   # RGB that transparent pixels are composited onto
       flip=False,                      # random horizontal flip when training
       image_dtype="uint8",             # "uint8" (tower normalises on device) or "float32"
       normalize="none",                # float32 only: "none" ([0, 255]) or "clip" (mean/std)
