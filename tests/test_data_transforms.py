@@ -50,8 +50,8 @@ def test_resize_matches_pil_antialiased_bilinear():
 
 def test_reduced_decode_is_used_and_matches_a_full_pil_decode():
   data = _photo()                                          # 512 x 384
-  assert transforms._decode_for_box(data, 512, 384, 480, 380, 160).shape == (192, 256, 3)
-  assert transforms._decode_for_box(data, 512, 384, 200, 200, 160).shape == (384, 512, 3)
+  assert transforms._decode_box(data, 512, 384, (0, 0, 480, 380), 160).shape == (190, 240, 3)
+  assert transforms._decode_box(data, 512, 384, (0, 0, 200, 200), 160).shape == (200, 200, 3)
   buf = io.BytesIO()                        # 4-pixel texture: misalignment would show
   Image.fromarray(_texture(np.random.default_rng(1), (512, 384), 4)).save(buf, "JPEG",
                                                                            quality=95)
@@ -120,7 +120,7 @@ def test_resize_stays_fast_for_any_ratio_and_matches_pil(monkeypatch):
 
   monkeypatch.setattr(transforms.cv2, "GaussianBlur", recording_blur)
   rng = np.random.default_rng(0)
-  for size, cell, out in (((2048, 1536), 8, (32, 24)), ((2048, 1536), 48, (32, 24)),
+  for size, cell, out in (((2048, 1536), 8, (32, 24)), ((1024, 256), 32, (16, 16)),
                           ((2048, 512), 6, (64, 64)), ((1536, 1200), 3, (224, 100)),
                           ((1000, 700), 2, (137, 91))):
     img = _texture(rng, size, cell)
@@ -131,6 +131,17 @@ def test_resize_stays_fast_for_any_ratio_and_matches_pil(monkeypatch):
   assert sigmas and max(sigmas) < 2.5, max(sigmas)
   small = _texture(rng, (300, 240), 2)                     # < 6x: no box reduction
   assert transforms._area_reduce(small, 51, 41) is small
+  # PNGs (decoded whole; large boxes resized by PIL's reducing path), opaque and
+  # transparent, against the reference crop: PIL's full decode, compositing and bilinear.
+  rgba = np.dstack([_texture(rng, (1200, 900), 4), rng.integers(0, 256, (900, 1200),
+                                                                 dtype=np.uint8)])
+  for pixels in (rgba[..., :3], rgba):
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, "PNG", compress_level=1)
+    for seed in range(2):
+      fast = transforms.decode_random_crop(buf.getvalue(), 32, np.random.default_rng(seed))
+      ref = transforms.reference_random_crop(buf.getvalue(), 32, np.random.default_rng(seed))
+      assert _psnr(fast, ref) > 38.0, (pixels.shape, seed, _psnr(fast, ref))
 
 
 def _transparent_png(mode: str = "RGBA") -> tuple[bytes, np.ndarray]:
@@ -192,7 +203,7 @@ def test_pixel_limit_is_checked_from_the_header_before_decoding(monkeypatch):
     with monkeypatch.context() as m:
       def fail(*args, **kwargs):
         raise AssertionError("decoded an image over the limit")
-      m.setattr(transforms, "_decode_for_box", fail)
+      m.setattr(transforms, "_decode_box", fail)
       m.setattr(Image.Image, "load", fail)
       for fn in (lambda: transforms.decode_random_crop(data, 32, np.random.default_rng(0),
                                                        max_pixels=5_999_999),
