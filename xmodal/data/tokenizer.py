@@ -77,6 +77,11 @@ class _Base:
   vocab_size: int
   lowercase: bool = False
 
+  def __call__(self, texts) -> np.ndarray:
+    """A string or a list of N strings -> int32 [N, context_length] (N = 1 for a string),
+    as open_clip's tokenizers are called."""
+    return self.encode_batch([texts] if isinstance(texts, str) else list(texts))
+
   def _prep(self, text: str) -> str:
     return text.lower() if self.lowercase else text
 
@@ -377,6 +382,28 @@ def make_tokenizer(kind: str, context_length: int, path: str = "", lowercase: bo
   if kind == "clip":
     _check_length(context_length, 3)
   return TOKENIZERS[kind](path, context_length, lowercase)
+
+
+def kind_of_file(path: str) -> str:
+  """The tokenizer kind of a file: "sentencepiece" (.model), "hf" (a tokenizer.json, or a
+  folder holding one) or "clip" (a BPE merges file, plain or gzipped, "#version" header)."""
+  path = os.path.expanduser(path)
+  if os.path.isdir(path) and os.path.isfile(os.path.join(path, "tokenizer.json")):
+    return "hf"
+  if path.endswith(".model"):
+    return "sentencepiece"
+  if path.endswith(".json"):
+    return "hf"
+  opener = gzip.open if path.endswith(".gz") else open
+  try:
+    with opener(path, "rb") as f:
+      if f.readline().startswith(b"#version"):
+        return "clip"
+  except OSError:
+    pass
+  raise ValueError(f"{path!r}: not a tokenizer file (a SentencePiece .model, a Hugging Face "
+                   f"tokenizer.json or a CLIP BPE merges file such as "
+                   f"bpe_simple_vocab_16e6.txt.gz)")
 
 
 def get_tokenizer(config):
