@@ -300,6 +300,28 @@ def large_image_tables(crop: int, repeats: int) -> list[str]:
   return lines
 
 
+def write_large_only(args):
+  """Runs the large-image tables alone and splices them into --out in place of its
+  previous large-image section (the other tables stay as measured)."""
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  load_before = os.getloadavg()[0]
+  lines = large_image_tables(args.crop, args.large_repeats)
+  note = (f"Large images measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+          f"{os.cpu_count()} CPU cores, load average {load_before:.1f} at the start"
+          + (" (shared with other jobs: absolute times are pessimistic, the ratios within "
+             "a row hold)" if args.shared == "yes" else "") + "; command: "
+          "`PYTHONPATH=. python tools/bench_input.py --large only`.")
+  lines[3:3] = [note, ""]
+  before = ""
+  if os.path.exists(args.out):
+    with open(args.out) as f:
+      before = f.read().split("\n## Large images")[0].rstrip("\n") + "\n"
+  with open(args.out, "w") as f:
+    f.write(before + "\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--images", type=int, default=1024)
@@ -313,9 +335,13 @@ def main():
                       help="output of the worker runs: uint8 (training default) or float32")
   parser.add_argument("--shared", default="yes", help="were other jobs using the cores?")
   parser.add_argument("--out", default="docs/benchmarks/input.md")
-  parser.add_argument("--large", default="yes", help="also the large-image tables")
+  parser.add_argument("--large", default="yes", help="also the large-image tables; 'only': "
+                      "just those, replacing the large-image section of --out")
   parser.add_argument("--large_repeats", type=int, default=5)
   args = parser.parse_args()
+  if args.large == "only":
+    write_large_only(args)
+    return
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.ERROR)
   import cv2
