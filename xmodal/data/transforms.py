@@ -19,9 +19,10 @@ Training crop (`decode_random_crop`), fastest path first:
      sigma^2 = (s^2 - 1) / 6, is followed by cv2's SIMD bilinear resize. On the
      benchmark's photos this is within ~40 dB PSNR of PIL's output and ~5x faster;
      PIL's resize was half of all CPU time (docs/benchmarks/input.md). The blur's cost
-     grows with sigma (4096 -> 64 pixels: sigma 26, 2.6 s), so beyond a 6x downscale an
+     grows with sigma (4096 -> 64 pixels: sigma 26, 1.5 s), so beyond a 6x downscale an
      integer box reduction (cv2 INTER_AREA, PIL's `reducing_gap` idea) first brings the
-     ratio down to 3-6x: 4096 -> 64 in ~0.1 s, still > 40 dB from PIL's full filter.
+     ratio down to 3-6x: 4096 -> 64 in 52 ms, 49 dB from PIL's full filter (the
+     benchmark's large-image table).
 
 Images whose header says they hold more than `max_pixels` pixels (`data.max_image_pixels`)
 raise `ImageTooLarge` before any pixel is decoded: PNG and WebP decode whole, so one
