@@ -1,6 +1,7 @@
 """Train on your own (image, caption) pairs listed in JSONL or CSV manifests.
 
-  xmodal train --config=configs/manifest.py:/data/train.jsonl,/data/val.jsonl,size=cpu --workdir=runs/mine
+  xmodal train --config=configs/manifest.py:/data/train.jsonl,/data/val.jsonl,size=cpu \
+      --workdir=runs/mine
 
 ARG is "TRAIN_MANIFEST,EVAL_MANIFEST[,size=cpu|gpu]" (globs allowed; size defaults to gpu).
 Each JSONL row is {"image": "relative/or/absolute/path.jpg", "caption": "...", "label": 3};
