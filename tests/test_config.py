@@ -49,6 +49,11 @@ def test_default_config_is_valid():
     (lambda c: c.towers.image.__setattr__("patch_dropout", 1.0), "config.towers.image.patch_dropout"),
     (lambda c: c.towers.text.__setattr__("layer_norm_eps", 0.0), "config.towers.text.layer_norm_eps"),
     (lambda c: c.train.__setattr__("eval_every", -1), "config.train.eval_every"),
+    (lambda c: c.data.__setattr__("max_image_pixels", -1), "config.data.max_image_pixels"),
+    (lambda c: c.data.__setattr__("alpha_background", (255, 255)),
+     "config.data.alpha_background"),
+    (lambda c: c.data.__setattr__("alpha_background", (0, 0, 256)),
+     "config.data.alpha_background"),
 ])
 def test_bad_value_names_its_field(mutate, field):
   config = default_config.get_config()

@@ -24,8 +24,14 @@ Ctrl-C skips finished shards and redoes only the others (same --input and
 --records_per_shard give the same shard boundaries).
 
 Rows that cannot be used are skipped and counted by reason: missing or unreadable image,
-empty or non-UTF-8 caption, a sample without an image or caption, a truncated tar member.
---max_image_size N re-encodes (JPEG, quality 95) images whose longer side exceeds N.
+an image whose header holds more than --max_image_pixels pixels (checked before decoding;
+default 64M as data.max_image_pixels, 0 = no limit), empty or non-UTF-8 caption, a sample
+without an image or caption, a truncated tar member.
+--max_image_size N re-encodes (JPEG, quality 95) images whose longer side exceeds N; a
+transparent image is then composited onto --background (R,G,B, default white, as
+data.alpha_background) first, since JPEG has no alpha. Images with transparency that are
+kept as stored are counted ("with transparency": training composites them onto
+data.alpha_background).
 """
 
 import argparse
@@ -39,7 +45,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from xmodal.data import manifest, sources  # noqa: E402
+from xmodal.data import manifest, sources, transforms  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -116,29 +122,40 @@ def clean_captions(caption):
   return (good[0] if len(good) == 1 else good), None
 
 
-def load_image(image, max_size: int) -> tuple[bytes | None, str | None]:
-  """-> (encoded bytes, None) or (None, reason). Re-encodes if larger than max_size."""
+def load_image(image, max_size: int, max_pixels: int = 0,
+               background=transforms.WHITE) -> tuple[bytes | None, str | None, str | None]:
+  """-> (encoded bytes, None, note) or (None, reason, None); note is "alpha composited"
+  (re-encoded over `background`), "with transparency" (kept as stored) or None.
+  Re-encodes if larger than max_size; refuses more than max_pixels (0 = no limit) from the
+  header, before decoding."""
   from PIL import Image
   try:
     data = sources.image_bytes(image)
   except OSError:
-    return None, "missing image file"
+    return None, "missing image file", None
+  note = None
   try:
     img = Image.open(io.BytesIO(data))
     if img.format not in ("JPEG", "PNG", "WEBP"):
-      return None, f"unsupported image format {img.format}"
+      return None, f"unsupported image format {img.format}", None
+    transforms.check_pixels(*img.size, max_pixels)
+    alpha = transforms.has_alpha(img)
     if max_size and max(img.size) > max_size:
       img.draft("RGB", (max_size, max_size))
-      img = img.convert("RGB")
+      img = transforms.to_rgb(img, background)
       img.thumbnail((max_size, max_size), Image.BICUBIC)
       buf = io.BytesIO()
       img.save(buf, "JPEG", quality=95)
       data = buf.getvalue()
+      note = "alpha composited" if alpha else None
     else:
       img.verify()                       # checks the file's structure without decoding
+      note = "with transparency" if alpha else None
+  except transforms.ImageTooLarge:
+    return None, "image over --max_image_pixels", None
   except Exception:  # PIL raises many types for broken files.
-    return None, "unreadable image"
-  return data, None
+    return None, "unreadable image", None
+  return data, None, note
 
 
 _SOURCE = None
@@ -156,10 +173,10 @@ def shard_name(output: str, i: int, n: int) -> str:
 def write_shard(task) -> dict:
   """Writes shard i (rows start..end) via a temporary file; returns its counts."""
   from array_record.python import array_record_module
-  i, n, start, end, output, max_size = task
+  i, n, start, end, output, max_size, max_pixels, background = task
   final = shard_name(output, i, n)
   tmp = final + ".tmp"
-  written, skipped, examples = 0, collections.Counter(), []
+  written, skipped, notes, examples = 0, collections.Counter(), collections.Counter(), []
   writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
   try:
     for row in range(start, end):
@@ -173,7 +190,9 @@ def write_shard(task) -> dict:
       else:
         caption, reason = clean_captions(rec["caption"])
         if reason is None:
-          image, reason = load_image(rec["image"], max_size)
+          image, reason, note = load_image(rec["image"], max_size, max_pixels, background)
+          if note:
+            notes[note] += 1
         detail = f"row {row}: {rec['image'] if isinstance(rec['image'], str) else ''}"
       if reason:
         skipped[reason] += 1
@@ -186,7 +205,7 @@ def write_shard(task) -> dict:
   finally:
     writer.close()
   stats = {"shard": os.path.basename(final), "rows": end - start, "written": written,
-           "skipped": dict(skipped), "skip_examples": examples}
+           "skipped": dict(skipped), "images": dict(notes), "skip_examples": examples}
   with open(final + ".json", "w") as f:
     json.dump(stats, f, indent=1)
   os.replace(tmp, final)                 # the shard exists only once it is complete
@@ -201,6 +220,10 @@ def main(argv=None):
   parser.add_argument("--records_per_shard", type=int, default=10_000)
   parser.add_argument("--processes", type=int, default=os.cpu_count())
   parser.add_argument("--max_image_size", type=int, default=0, help="0 = keep as stored")
+  parser.add_argument("--max_image_pixels", type=int, default=64_000_000,
+                      help="skip images whose header holds more pixels; 0 = no limit")
+  parser.add_argument("--background", default="255,255,255",
+                      help="R,G,B that transparent images are composited onto when re-encoded")
   parser.add_argument("--image_key", default="image")
   parser.add_argument("--caption_key", default="caption")
   parser.add_argument("--label_key", default="label")
@@ -208,6 +231,9 @@ def main(argv=None):
   parser.add_argument("--tfds_keys", default="", help="tfds input: ROLE=FEATURE,... "
                       "(roles image, caption, label; '/' for nested features)")
   args = parser.parse_args(argv)
+  background = tuple(int(c) for c in args.background.split(",") if c.strip().isdigit())
+  if len(background) != 3 or max(background) > 255:
+    parser.error(f"--background: expected R,G,B with values in 0..255, got {args.background!r}")
 
   t0 = time.time()
   source = open_input(args.input, args)
@@ -222,7 +248,8 @@ def main(argv=None):
       with open(final + ".json") as f:
         done.append(json.load(f))
     else:
-      tasks.append((i, n, start, end, args.output, args.max_image_size))
+      tasks.append((i, n, start, end, args.output, args.max_image_size,
+                    args.max_image_pixels, background))
   print(f"{args.input}: {total} rows -> {n} shards of <= {args.records_per_shard}; "
         f"{len(done)} already done, {len(tasks)} to write with {args.processes} processes",
         flush=True)
@@ -238,11 +265,13 @@ def main(argv=None):
         rate = rows_done / max(time.time() - t0, 1e-9)
         print(f"[{k}/{len(tasks)}] {stats['shard']}: {stats['written']} written, "
               f"{sum(stats['skipped'].values())} skipped ({rate:.0f} rows/s)", flush=True)
-  skipped = collections.Counter()
+  skipped, notes = collections.Counter(), collections.Counter()
   for s in results:
     skipped.update(s["skipped"])
+    notes.update(s.get("images", {}))
   summary = {"input": args.input, "rows": total, "shards": n,
              "written": sum(s["written"] for s in results), "skipped": dict(skipped),
+             "images": dict(notes),
              "skip_examples": [e for s in results for e in s["skip_examples"]][:20],
              "seconds": round(time.time() - t0, 1), "format": sources.RECORD_FORMAT}
   with open(f"{args.output}-summary.json", "w") as f:
@@ -251,6 +280,8 @@ def main(argv=None):
         f"skipped in {summary['seconds']} s", flush=True)
   for reason, count in skipped.most_common():
     print(f"  skipped {count:>8}  {reason}")
+  for note, count in notes.most_common():
+    print(f"  written {count:>8}  {note}")
   for example in summary["skip_examples"][:5]:
     print(f"    e.g. {example}")
   return summary

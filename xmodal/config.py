@@ -243,6 +243,10 @@ def _validate_data(config):
   if d.image_dtype == "uint8" and d.normalize != "none":
     raise ConfigError(f"config.data.normalize: {d.normalize!r} needs data.image_dtype="
                       f"'float32' (uint8 images are normalised by the image tower)")
+  bg = d.alpha_background
+  if len(bg) != 3 or not all(isinstance(c, int) and not isinstance(c, bool) for c in bg):
+    raise ConfigError(f"config.data.alpha_background: expected (r, g, b) with ints in 0..255, "
+                      f"got {tuple(bg)!r}")
   if d.tokenizer != "bytes":
     if not d.tokenizer_path:
       raise ConfigError(f"config.data.tokenizer_path: required for data.tokenizer="

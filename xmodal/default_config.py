@@ -248,6 +248,12 @@ SCHEMA = dict(
         captions=Field("sample", "several captions: 'sample' one per use, 'first', or 'all' "
                        "(one training example per caption)", choices=("sample", "first", "all")),
         image_size=Field(32, "image side in pixels after cropping", gt=0),
+        # PNG/WebP decode whole: one 10k x 16k PNG costs seconds and gigabytes.
+        max_image_pixels=Field(64_000_000, "encoded images whose header holds more pixels are "
+                               "skipped and counted before decoding; 0 = no limit (PIL still "
+                               "refuses > 179M pixels)", ge=0),
+        alpha_background=Field((255, 255, 255), "RGB that transparent pixels are composited "
+                               "onto", ge=0, le=255),
         flip=Field(False, "random horizontal flip when training"),
         image_dtype=Field("uint8", "'uint8' (the tower normalises on device) or 'float32'",
                           choices=("uint8", "float32")),

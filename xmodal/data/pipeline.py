@@ -162,6 +162,8 @@ class Preprocess(grain.transforms.RandomMap):
   captions: str = "sample"
   image_dtype: str = "uint8"
   normalize: str = "none"
+  background: tuple = transforms.WHITE      # transparency is composited onto this RGB
+  max_image_pixels: int = 0                 # encoded images over it are skipped; 0 = no limit
 
   def _captions(self, caption) -> list[str] | str:
     """Usable captions, or a string: why there are none."""
@@ -188,23 +190,25 @@ class Preprocess(grain.transforms.RandomMap):
     if isinstance(captions, str):
       return {"_bad": captions, **extra}
     image = record["image"]
+    background = tuple(self.background)
     try:
       if isinstance(image, np.ndarray):
         if self.train:
           pixels = transforms.random_resized_crop(image, self.image_size, rng, self.crop_scale,
-                                                  self.crop_ratio, self.flip)
+                                                  self.crop_ratio, self.flip, background)
         else:
-          from PIL import Image
-          pixels = transforms.resize_center_crop(Image.fromarray(image), self.image_size)
+          pixels = transforms.resize_center_crop(image, self.image_size, background)
       elif self.train:
         pixels = transforms.decode_random_crop(image, self.image_size, rng, self.crop_scale,
-                                               self.crop_ratio, self.flip)
+                                               self.crop_ratio, self.flip, background,
+                                               self.max_image_pixels)
       else:
-        pixels = transforms.decode_center_crop(image, self.image_size)
+        pixels = transforms.decode_center_crop(image, self.image_size, background,
+                                               self.max_image_pixels)
+    except transforms.ImageTooLarge as e:
+      return {"_bad": f"image over data.max_image_pixels ({_where(image)}): {e}", **extra}
     except Exception as e:  # PIL raises many types for broken or missing files.
-      where = image if isinstance(image, str) else f"{len(image)} bytes" if isinstance(
-          image, (bytes, bytearray)) else type(image).__name__
-      return {"_bad": f"unreadable image ({where}): {e}", **extra}
+      return {"_bad": f"unreadable image ({_where(image)}): {e}", **extra}
     pixels = transforms.finalize(np.ascontiguousarray(pixels), self.image_dtype,
                                  self.normalize)
 
@@ -217,6 +221,13 @@ class Preprocess(grain.transforms.RandomMap):
     if self.captions == "sample" and self.train and len(captions) > 1:
       return example(captions[int(rng.integers(len(captions)))])
     return example(captions[0])
+
+
+def _where(image) -> str:
+  """A record's image, for messages: its path, or its size in bytes."""
+  if isinstance(image, str):
+    return image
+  return f"{len(image)} bytes" if isinstance(image, (bytes, bytearray)) else type(image).__name__
 
 
 class _SkipBadIterator(grain.DatasetIterator):
@@ -296,7 +307,10 @@ def preprocess_for(config, train: bool) -> Preprocess:
                     tokenizer=tokenizer_lib.get_tokenizer(config), train=train,
                     crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
                     flip=d.flip, captions=d.captions, image_dtype=d.image_dtype,
-                    normalize=d.normalize)
+                    normalize=d.normalize,
+                    # .get: configs saved before these fields existed (xmodal.load).
+                    background=tuple(d.get("alpha_background", transforms.WHITE)),
+                    max_image_pixels=d.get("max_image_pixels", 0))
 
 
 @dataclasses.dataclass

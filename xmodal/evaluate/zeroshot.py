@@ -4,10 +4,16 @@ an image's prediction is the class whose embedding is most similar."""
 import numpy as np
 
 
+def prompt(template, classname: str) -> str:
+  """A template ("a photo of a {}." or, as open_clip's, a function of the class name)
+  filled with `classname`."""
+  return template(classname) if callable(template) else template.format(classname)
+
+
 def class_embeddings(embed_text, classnames, templates) -> np.ndarray:
   """embed_text(list of N strings) -> [N, D] unit vectors. Returns [C, D] unit vectors: the
   mean over templates of each class's prompt embeddings, renormalised."""
-  prompts = [t.format(c) for c in classnames for t in templates]
+  prompts = [prompt(t, c) for c in classnames for t in templates]
   z = embed_text(prompts).reshape(len(classnames), len(templates), -1).mean(axis=1)
   return z / np.linalg.norm(z, axis=1, keepdims=True)
 
