@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from xmodal import losses, parallel
+import loss_reference
 from tiny import make_tiny_config
 
 
@@ -54,6 +55,28 @@ def _assert_same_value_and_grads(name, got, want):
       continue
     np.testing.assert_allclose(np.asarray(g_sharded), np.asarray(g_dense), rtol=1e-5,
                                atol=1e-5 * float(jnp.max(jnp.abs(g_dense))), err_msg=what)
+
+
+@pytest.mark.parametrize("name", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("impl, devices", [("dense", 1), ("gathered", 1), ("gathered", 8)])
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_confident_regime_matches_float64(name, impl, devices, with_ids):
+  """Scale 100, bias -16.5, mean loss ~0.02: value and gradients (x, y, scale, bias) within
+  1e-5 (relative, norm-wise) of the float64 formula, with and without group ids (unique
+  ids take the multi-positive path, losses/targets.py, which must agree)."""
+  x, y = loss_reference.confident_inputs(name)
+  scale, bias = loss_reference.CONFIDENT["scale"], loss_reference.CONFIDENT["bias"]
+  want = loss_reference.loss_and_grads(name, x, y, scale, bias)
+  assert 0.01 < want[0] < 0.05, want[0]                 # the regime the test is about
+  ids = jnp.arange(len(x), dtype=jnp.int32) * 5 if with_ids else None
+  f = losses.pair_loss_fn(name, impl, _mesh(devices, 1))
+  value, grads = jax.jit(jax.value_and_grad(lambda *a: f(*a, ids=ids), argnums=(0, 1, 2, 3)))(
+      jnp.asarray(x), jnp.asarray(y), jnp.float32(scale), jnp.float32(bias))
+  for label, got, ref in zip(("value", "x", "y", "scale", "bias"), (value, *grads), want):
+    if label == "bias" and name == "softmax":
+      assert float(got) == 0.0
+      continue
+    assert loss_reference.rel(got, ref) <= 1e-5, (label, loss_reference.rel(got, ref))
 
 
 @pytest.mark.parametrize("name", ["softmax", "sigmoid"])
