@@ -124,13 +124,23 @@ def test_objective_sums_over_modality_pairs():
   np.testing.assert_allclose(total, expected, rtol=1e-6)
 
 
-def test_scale_is_clipped_at_max_scale():
+def test_objective_uses_the_scale_as_it_is_with_its_whole_gradient():
+  """No clip in the forward pass (loss.max_scale bounds the parameter after each optimizer
+  step, optim.clamp_scale): a scale above max_scale is used as it is, and at the bound the
+  gradient w.r.t. logit_scale is d loss / d scale * scale, not half of it (a jnp.minimum
+  in the forward pass splits the tie)."""
   config = make_tiny_config(**{"loss.impl": "dense", "loss.max_scale": 50.0})
   objective = losses.make_objective(config, _mesh(1, 1))
   x, y = _unit(jax.random.key(6), (8, 4)), _unit(jax.random.key(7), (8, 4))
   emb = {"image": x, "text": y}
-  clipped, _ = objective({"logit_scale": jnp.log(500.0)}, emb)
-  np.testing.assert_allclose(clipped, losses.dense_loss("softmax", x, y, 50.0), rtol=1e-6)
+  above, _ = objective({"logit_scale": jnp.log(500.0)}, emb)
+  np.testing.assert_allclose(above, losses.dense_loss("softmax", x, y, 500.0), rtol=1e-6)
+  at_bound = jnp.float32(np.log(50.0))
+  got = jax.grad(lambda p: objective({"logit_scale": p}, emb)[0])(at_bound)
+  scale = jnp.exp(at_bound)
+  want = jax.grad(lambda t: losses.dense_loss("softmax", x, y, t))(scale) * scale
+  assert abs(float(want)) > 1e-3
+  np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def _groups_across_devices(batch, devices, seed):

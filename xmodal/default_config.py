@@ -175,7 +175,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
       positives="auto",
       init_scale=0.0,                  # 0 = loss default: 1/0.07 (softmax), 10 (sigmoid)
       init_bias=0.0,                   # sigmoid only; 0 = loss default -10
-      max_scale=100.0,                 # the learned scale is clipped to this value
+      # Upper bound of the learned scale: the parameter is clamped to log(max_scale) after
+      # each optimizer step (as open_clip); the loss uses it unclipped. init.source raises it
+      # to admit the scale of the weights it loads (SigLIP checkpoints carry ~110-120).
+      max_scale=100.0,
   ))
 
   config.data = ConfigDict(dict(

@@ -74,8 +74,7 @@ class LoadedModel:
     if len(inputs) != 2:
       raise ValueError("similarity takes exactly two modalities, e.g. image=..., text=...")
     (a, za), (b, zb) = self.encode(**inputs).items()
-    scale = float(np.exp(np.minimum(np.asarray(self.params["logit_scale"]),
-                                    np.log(self.config.loss.max_scale))))
+    scale = float(np.exp(np.asarray(self.params["logit_scale"])))   # as the loss uses it
     bias = float(np.asarray(self.params.get("logit_bias", 0.0)))
     return scale * za @ zb.T + bias
 

@@ -47,11 +47,12 @@ def make_train_step(model, tx, objective, schedule, microbatches: int = 1, seed:
       (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
+    used = state["params"]            # the scale and bias this step's loss was computed with
     step_metrics = {"loss": loss, **per_pair, "grad_norm": optax.tree.norm(grads),
-                    "lr": schedule(state["step"]), "scale": jnp.exp(params["logit_scale"]),
-                    "temperature": jnp.exp(-params["logit_scale"])}
-    if "logit_bias" in params:
-      step_metrics["bias"] = params["logit_bias"]
+                    "lr": schedule(state["step"]), "scale": jnp.exp(used["logit_scale"]),
+                    "temperature": jnp.exp(-used["logit_scale"])}
+    if "logit_bias" in used:
+      step_metrics["bias"] = used["logit_bias"]
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, step_metrics
 
   return train_step
