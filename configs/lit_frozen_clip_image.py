@@ -5,7 +5,7 @@ Command (ARG = the directory tools/convert_weights.py wrote):
   python tools/convert_weights.py --input clip-vit-base-patch16/ --output weights/clip_b16
   xmodal train --config configs/lit_frozen_clip_image.py:weights/clip_b16 --workdir runs/lit \
       [--config.data.source=manifest --config.data.train_manifest=... ]
-  The image tower section comes from weights/clip_b16/towers.json; init.from loads its
+  The image tower section comes from weights/clip_b16/towers.json; init.source loads its
   params (image/* only, by init.map) and train.frozen locks them, head included, so the
   text tower learns into CLIP's 512-d embedding space.
 Expected hardware: 1 GPU (H100) for the shapes dataset at 224 px (the frozen tower runs
@@ -33,7 +33,7 @@ def get_config(arg=None):
                            for k, v in meta["towers"][image_name].items()})
     c.model.embed_dim = meta["model.embed_dim"]
     c.data.image_size = meta.get("extra.image_size", 224)
-    c.init["from"] = os.path.join(weights, "params.safetensors")
+    c.init.source = os.path.join(weights, "params.safetensors")
     c.init.map = ((r"image/(.*)", rf"{image_name}/\1"),)
   c.towers.text.update(dict(width=256, depth=6, num_heads=4))
   c.train.frozen = (r"image/.*",)

@@ -6,6 +6,7 @@ field: an unknown key, a value of the wrong type, an out-of-range choice, a batc
 the devices cannot split, a path that matches no files.
 """
 
+import contextlib
 import os
 
 import ml_collections
@@ -50,11 +51,56 @@ class ConfigError(ValueError):
   """A config value is wrong; the message starts with the field's dotted name."""
 
 
+# Keys renamed since runs were saved: old dotted name -> new. Saved workdirs (config.json),
+# older config files and command-line overrides spelled the old way keep working (`upgrade`,
+# `rename_overrides`). init.from: `from` is a Python keyword, so ml_collections cannot parse
+# `--config.init.from=...` as an override.
+RENAMED = {"init.from": "init.source"}
+
+
+def upgrade(config):
+  """Moves renamed keys (RENAMED) to their new names, in place, in a ConfigDict or in the
+  plain dict a config.json holds; returns it. Raises ConfigError when both names hold
+  different non-empty values."""
+  for old, new in RENAMED.items():
+    *path, old_key = old.split(".")
+    new_key = new.split(".")[-1]
+    node = config
+    for part in path:
+      node = node.get(part) if hasattr(node, "get") else None
+    if node is None or not hasattr(node, "keys") or old_key not in node.keys():
+      continue
+    value, current = node[old_key], node.get(new_key) or ""
+    if value and current and value != current:
+      raise ConfigError(f"config.{old}: the old name of config.{new}; both are set "
+                        f"({value!r}, {current!r}): keep {new} only")
+    locked = isinstance(node, ml_collections.ConfigDict)
+    with node.unlocked() if locked else contextlib.nullcontext():
+      del node[old_key]
+      node[new_key] = value or current
+  return config
+
+
+def rename_overrides(argv: list[str]) -> list[str]:
+  """Command-line overrides with old key names (`--config.init.from=X`, or the flag and its
+  value as two words) rewritten to the new names, before absl parses them."""
+  out = []
+  for arg in argv:
+    for old, new in RENAMED.items():
+      flag = f"--config.{old}"
+      if arg == flag or arg.startswith(flag + "="):
+        arg = f"--config.{new}" + arg[len(flag):]
+    out.append(arg)
+  return out
+
+
 def _check_tree(node, schema, prefix):
   """Unknown keys and wrong types, recursively. Tower sections use their kind's schema."""
   for key in node.keys():
     name = f"{prefix}{key}"
     if key not in schema:
+      if name in RENAMED:
+        raise ConfigError(f"config.{name}: renamed config.{RENAMED[name]}")
       raise ConfigError(f"config.{name}: unknown key; known keys here: {sorted(schema.keys())}")
     value, expected = node[key], schema[key]
     if isinstance(expected, ml_collections.ConfigDict):
@@ -188,6 +234,7 @@ def validate(config, num_devices: int) -> None:
   _positive(config, "batch_size", "train.total_steps", "train.log_every",
             "train.checkpoint_every", "train.keep_checkpoints", "optim.lr",
             "data.image_size", "data.context_length", "model.embed_dim", "eval.batch_size")
+  text_fits_towers(config)
   if config.optim.warmup_steps >= config.train.total_steps:
     raise ConfigError(
         f"config.optim.warmup_steps: {config.optim.warmup_steps} must be below "
@@ -240,9 +287,9 @@ def validate(config, num_devices: int) -> None:
         f"{batch_shards} batch shards")
 
   _validate_data(config)
-  source = config.init["from"]
+  source = config.init.source
   if source and not os.path.exists(os.path.expanduser(source)):
-    raise ConfigError(f"config.init.from: no such file or directory {source!r}")
+    raise ConfigError(f"config.init.source: no such file or directory {source!r}")
   for pair in config.init.map:
     if len(pair) != 2 or not all(isinstance(p, str) for p in pair):
       raise ConfigError(f"config.init.map: {pair!r} must be (dst_regex, src_template)")
@@ -348,6 +395,20 @@ def _validate_data(config):
           f"config.towers.{name}.pool: 'argmax' pools at the highest token id, but EOS is not "
           f"the highest id of data.tokenizer={d.tokenizer!r} (EOS {tok.eos_id}, ids up to "
           f"{tok.vocab_size - 1}); use 'eot' (the last real token, EOS for every tokenizer)")
+
+
+def text_fits_towers(config) -> None:
+  """data.context_length tokens must fit each text tower's position table (its
+  context_length; 0 = the data's, which always fits): a converted tower has the length its
+  weights were trained with."""
+  length = config.data.context_length
+  for name, tower in config.towers.items():
+    table = tower.get("context_length", 0) if tower.get("kind") == "text" else 0
+    if table and length > table:
+      raise ConfigError(
+          f"config.data.context_length: {length} tokens do not fit "
+          f"config.towers.{name}.context_length {table} (the tower's position table); set "
+          f"data.context_length <= {table}")
 
 
 def _records_unroll(config) -> bool:

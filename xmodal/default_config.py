@@ -250,10 +250,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
   ))
 
   # Initialise params (all, or a subtree) from converted weights or another run, at step 0.
-  config.init = ConfigDict({
-      "from": "",                      # .safetensors from tools/convert_weights.py, or a workdir
-      "map": (),                       # ((dst_regex, src_template), ...); empty = same names
-  })
+  config.init = ConfigDict(dict(
+      # What tools/convert_weights.py wrote (its folder or params.safetensors), any
+      # .safetensors of xmodal names, or a workdir. Called init.from before (still accepted).
+      source="",
+      map=(),                          # ((dst_regex, src_template), ...); empty = same names
+  ))
 
   config.eval = ConfigDict(dict(
       batch_size=256,

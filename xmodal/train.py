@@ -76,7 +76,7 @@ def save_config(config, workdir: str) -> None:
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     with open(path) as f:
-      saved = _flatten(json.load(f))
+      saved = _flatten(config_lib.upgrade(json.load(f)))   # keys renamed since: new names
     now = _flatten(json.loads(config.to_json()))
     defaults = _schema_defaults(config)
     for key in sorted(set(saved) | set(now)):
@@ -115,6 +115,8 @@ def _flatten(tree, prefix=""):
 
 def train(config, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
+  config_lib.upgrade(config)
+  init_lib.resolve(config)          # what the weights of init.source fix (max_scale, ...)
   config_lib.validate(config, jax.device_count())
   mesh = parallel.make_mesh(config)
   with sharding.context(config, mesh):
@@ -167,12 +169,12 @@ def _train(config, workdir: str, mesh) -> dict:
   else:
     start = 0
     state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(config.seed))
-    if config.init["from"]:
-      state["params"] = init_lib.load_into(state["params"], config.init["from"],
+    if config.init.source:
+      state["params"] = init_lib.load_into(state["params"], config.init.source,
                                            config.init.map)
       state["opt_state"] = jax.jit(tx.init, out_shardings=state_sharding["opt_state"])(
           state["params"])
-      print(f"initialised from {config.init['from']}", flush=True)
+      print(f"initialised from {config.init.source}", flush=True)
   skipped_total = meta["skipped"] if meta is not None else 0      # over all processes
   eval_data = pipeline.eval_arrays(config)
   embedder = embed.Embedder(model, mesh, config.eval.batch_size)
