@@ -15,24 +15,21 @@ Expected result: not measured here. In LiT (Zhai et al. 2022) a locked image tow
   on the embedded shapes dataset expect zero-shot top-1 well above chance (1/30).
 """
 
-import json
 import os
 
-from xmodal import default_config
+from xmodal import convert, default_config
 
 
 def get_config(arg=None):
   c = default_config.get_config()
   weights = arg or "weights/clip_b16"
-  meta_path = os.path.join(weights, "towers.json")
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      meta = json.load(f)
-    image_name = next(m for m, t in meta["towers"].items() if t["kind"] == "vit")
+  if os.path.exists(os.path.join(weights, "towers.json")):
+    towers, settings = convert.read_saved(weights)
+    image_name = next(m for m, t in towers.items() if t["kind"] == "vit")
     c.towers.image.update({k: tuple(v) if isinstance(v, list) else v
-                           for k, v in meta["towers"][image_name].items()})
-    c.model.embed_dim = meta["model.embed_dim"]
-    c.data.image_size = meta.get("extra.image_size", 224)
+                           for k, v in towers[image_name].items()})
+    c.model.embed_dim = settings["model.embed_dim"]
+    c.data.image_size = settings.get("data.image_size", 224)
     c.init.source = os.path.join(weights, "params.safetensors")
     c.init.map = ((r"image/(.*)", rf"{image_name}/\1"),)
   c.towers.text.update(dict(width=256, depth=6, num_heads=4))

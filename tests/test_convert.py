@@ -287,7 +287,7 @@ def test_lit_card_trains_with_a_frozen_converted_image_tower(tmp_path):
     np.testing.assert_array_equal(flat[k], source[k], err_msg=k)
   assert source["logit_scale"].shape == flat["logit_scale"].shape == ()   # 0-d, as the model's
   assert float(flat["logit_scale"]) != float(source["logit_scale"])       # trainable
-  # The run itself is a source for init.from: its text tower into a fresh model.
+  # The run itself is a source for init.source: its text tower into a fresh model.
   from xmodal import init as init_lib
   model = model_lib.MultiTower(config)
   fresh = model_lib.unbox(model.init(jax.random.key(7), model_lib.dummy_inputs(config))["params"])
