@@ -41,8 +41,9 @@ def _converted_folder(folder):
   towers = {m: t.to_dict() for m, t in default_config.get_config().towers.items()}
   towers["text"]["context_length"] = 20
   folder.mkdir()
-  (folder / "towers.json").write_text(json.dumps({"towers": towers, "config": {
-      "model.embed_dim": 64, "data.context_length": 20, "loss.max_scale": 117.25}}))
+  (folder / "towers.json").write_text(json.dumps({
+      "towers": towers, "model.embed_dim": 64, "extra.context_length": 20,
+      "loss.max_scale": 117.25}))
   return str(folder)
 
 

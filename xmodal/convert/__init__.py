@@ -78,8 +78,7 @@ class Converted:
     CLIP and SigLIP were trained with; SigLIP pools at its last position), loss.name; and
     loss.max_scale when the checkpoint's scale is above the default bound (SigLIP)."""
     out = {"model.embed_dim": self.embed_dim}
-    for key, field in (("image_size", "data.image_size"), ("context_length", "data.context_length"),
-                       ("loss", "loss.name")):
+    for key, field in _EXTRA_FIELDS.items():
       if key in self.extra:
         out[field] = self.extra[key]
     if "logit_scale" in self.params:
@@ -115,16 +114,32 @@ def apply_saved(config, towers: dict, settings: dict, replace_towers: bool = Fal
   return config
 
 
+# towers.json (tools/convert_weights.py): "towers" (the sections), "model.embed_dim",
+# "extra.<key>" for Converted.extra, "loss.max_scale" when above the default, and the report.
+_EXTRA_FIELDS = {"image_size": "data.image_size", "context_length": "data.context_length",
+                 "loss": "loss.name"}
+
+
+def towers_json(conv: Converted, kind: str) -> dict:
+  """What tools/convert_weights.py writes to towers.json for a conversion."""
+  settings = conv.settings()
+  return {"kind": kind, "towers": {m: t.to_dict() for m, t in conv.towers.items()},
+          "model.embed_dim": conv.embed_dim,
+          **{f"extra.{k}": v for k, v in conv.extra.items()},
+          **{k: settings[k] for k in ("loss.max_scale",) if k in settings},
+          "unused_source_keys": conv.report.unused, "notes": conv.report.notes}
+
+
 def read_saved(folder: str) -> tuple[dict, dict]:
-  """(tower sections, settings) from the towers.json that tools/convert_weights.py wrote in
-  `folder` (also the older layout, with "model.embed_dim" and "extra.*" keys)."""
+  """(tower sections, settings as in `Converted.settings`) from the towers.json that
+  tools/convert_weights.py wrote in `folder`."""
   meta = read_json(os.path.join(folder, "towers.json"))
-  settings = dict(meta.get("config") or {})
-  if not settings:
-    settings["model.embed_dim"] = meta["model.embed_dim"]
-    for key, field in (("extra.image_size", "data.image_size"), ("extra.loss", "loss.name")):
-      if key in meta:
-        settings[field] = meta[key]
+  settings = {"model.embed_dim": meta["model.embed_dim"]}
+  for key, field in _EXTRA_FIELDS.items():
+    if f"extra.{key}" in meta:
+      settings[field] = meta[f"extra.{key}"]
+  if "loss.max_scale" in meta:
+    settings["loss.max_scale"] = meta["loss.max_scale"]
   return meta["towers"], settings
 
 
