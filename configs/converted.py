@@ -12,8 +12,9 @@ text embeddings (and a CLIP text tower, pooled at the highest id, needs the CLIP
 
 Command:
   python tools/convert_weights.py --input siglip-base-patch16-224/ --output weights/siglip_b16
-  xmodal train --config=configs/converted.py:weights/siglip_b16,siglip-base-patch16-224/spiece.model \
-      --workdir=runs/siglip_ft [--config.data.source=manifest --config.data.train_files=...]
+  xmodal train --workdir=runs/siglip_ft \
+      --config=configs/converted.py:weights/siglip_b16,siglip-base-patch16-224/spiece.model \
+      [--config.data.source=manifest --config.data.train_files=...]
   (--config.init.source=... names other weights of the same architecture; init.map a subtree.)
 Expected hardware: what the converted model needs (ViT-B/16: one accelerator with bfloat16
   at batch 256; CPU for tiny models and smoke tests).

@@ -137,7 +137,7 @@ def test_data_context_length_must_fit_each_text_tower():
   config = default_config.get_config()
   config.towers.text.context_length = 20
   with pytest.raises(config_lib.ConfigError,
-                     match=r"^config.data.context_length: 48 .*config.towers.text.context_length 20"):
+                     match=r"^config.data.context_length: 48 .*towers.text.context_length 20"):
     config_lib.validate(config, num_devices=8)
   config.data.context_length = 20
   config_lib.validate(config, num_devices=8)
@@ -151,7 +151,8 @@ def test_init_from_is_now_init_source_and_the_old_name_still_works(tmp_path, tin
   with config.unlocked():
     del config.init["source"]
     config.init["from"] = "w/params.safetensors"          # an older config file
-  with pytest.raises(config_lib.ConfigError, match=r"^config.init.from: renamed config.init.source"):
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^config.init.from: renamed config.init.source"):
     config_lib.validate(config, num_devices=8)
   config_lib.upgrade(config)
   assert config.init.source == "w/params.safetensors" and "from" not in config.init

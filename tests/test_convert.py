@@ -417,7 +417,7 @@ def test_converted_bert_loads_beside_a_new_image_tower(tmp_path):
   assert sorted(config.towers) == ["image", "text"] and config.model.embed_dim == 32
   init_lib.resolve(config)
   with pytest.raises(config_lib.ConfigError,
-                     match=r"^config.data.context_length: 48 .*config.towers.text.context_length 24"):
+                     match=r"^config.data.context_length: 48 .*towers.text.context_length 24"):
     config_lib.validate(config, jax.device_count())
   config.data.context_length = 24
   config_lib.validate(config, jax.device_count())
