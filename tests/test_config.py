@@ -166,3 +166,54 @@ def test_group_positives_follow_captions_all_unless_told():
   config.loss.positives = "group"
   with pytest.raises(config_lib.ConfigError, match=r"^config\.loss\.positives: 'group' needs"):
     config_lib.validate(config, num_devices=8)
+
+
+def test_data_context_length_must_fit_each_text_tower():
+  """A text tower with its own position table (a converted one: 20 positions) cannot take
+  longer data; the error names both fields."""
+  config = default_config.get_config()
+  config.towers.text.context_length = 20
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^config.data.context_length: 48 .*towers.text.context_length 20"):
+    config_lib.validate(config, num_devices=8)
+  config.data.context_length = 20
+  config_lib.validate(config, num_devices=8)
+
+
+def test_init_from_is_now_init_source_and_the_old_name_still_works(tmp_path, tiny_config):
+  """`from` is a Python keyword (ml_collections cannot parse --config.init.from=...): the key
+  is init.source; config files, saved workdirs and overrides with the old name still work."""
+  from xmodal import train
+  config = default_config.get_config()
+  with config.unlocked():
+    del config.init["source"]
+    config.init["from"] = "w/params.safetensors"          # an older config file
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^config.init.from: renamed config.init.source"):
+    config_lib.validate(config, num_devices=8)
+  config_lib.upgrade(config)
+  assert config.init.source == "w/params.safetensors" and "from" not in config.init
+  assert config_lib.rename_overrides(["xmodal", "--config.init.from=a", "--config.init.from",
+                                      "b", "--config.init.map=()"]) == [
+      "xmodal", "--config.init.source=a", "--config.init.source", "b", "--config.init.map=()"]
+  # A workdir saved with init.from resumes under the new name.
+  config = tiny_config()
+  train.save_config(config, str(tmp_path))
+  saved = json.load(open(tmp_path / "config.json"))
+  saved["init"]["from"] = saved["init"].pop("source")
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  train.save_config(config, str(tmp_path))
+  assert json.load(open(tmp_path / "config.json"))["init"] == {"source": "", "map": []}
+
+
+@pytest.mark.slow
+def test_init_from_override_works_as_documented(tmp_path):
+  """The README's override, spelled the old way, reaches init.source (here: a missing file,
+  reported in one line naming the field) instead of crashing in ml_collections."""
+  missing = tmp_path / "weights" / "params.safetensors"
+  result = subprocess.run([sys.executable, "-m", "xmodal.cli", "train",
+                           f"--config.init.from={missing}", f"--workdir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1, result.stderr
+  assert result.stderr.strip().splitlines() == [
+      f"xmodal train: error: config.init.source: no such file or directory '{missing}'"]

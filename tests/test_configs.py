@@ -16,7 +16,10 @@ def test_config_file_validates(path, tmp_path):
   spec = importlib.util.spec_from_file_location("experiment", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(None)
+  arg = None
+  if os.path.basename(path) == "converted.py":   # needs what tools/convert_weights.py writes
+    arg = _converted_folder(tmp_path / "weights")
+  config = module.get_config(arg)
   if config.data.source == "features":
     import numpy as np
     for name in ("train_files", "eval_files"):
@@ -28,6 +31,36 @@ def test_config_file_validates(path, tmp_path):
       (tmp_path / f"{name}.jsonl").write_text('{"image": "a.jpg", "caption": "x"}\n')
       config.data[name] = str(tmp_path / f"{name}.jsonl")
   config_lib.validate(config, num_devices=8)
+
+
+def _converted_folder(folder):
+  """A towers.json as tools/convert_weights.py writes it (the default towers, 20 text
+  positions, a SigLIP-like scale bound)."""
+  import json
+  from xmodal import default_config
+  towers = {m: t.to_dict() for m, t in default_config.get_config().towers.items()}
+  towers["text"]["context_length"] = 20
+  folder.mkdir()
+  (folder / "towers.json").write_text(json.dumps({
+      "towers": towers, "model.embed_dim": 64, "extra.context_length": 20,
+      "loss.max_scale": 117.25}))
+  return str(folder)
+
+
+def test_converted_card_takes_the_conversion_settings_and_tokenizer(tmp_path):
+  spec = importlib.util.spec_from_file_location("card", os.path.join(ROOT, "configs",
+                                                                     "converted.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  folder = _converted_folder(tmp_path / "w")
+  spm = tmp_path / "spiece.model"
+  spm.write_bytes(b"")
+  config = module.get_config(f"{folder},{spm}")
+  assert (config.data.context_length, config.towers.text.context_length) == (20, 20)
+  assert config.loss.max_scale == 117.25 and config.init.source == folder
+  assert (config.data.tokenizer, config.data.tokenizer_path) == ("sentencepiece", str(spm))
+  with pytest.raises(FileNotFoundError, match="towers.json"):
+    module.get_config(str(tmp_path / "nothing"))
 
 
 def test_clip_card_with_the_bpe_file_fits_openai_text_weights():

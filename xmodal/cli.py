@@ -18,6 +18,12 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from xmodal.config import rename_overrides
+
+# Overrides spelled with a renamed key (--config.init.from=...): ml_collections reads
+# sys.argv when the flag below is defined, so they are rewritten before that.
+sys.argv[:] = rename_overrides(sys.argv)
+
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "default_config.py")
 USAGE = __doc__
 
@@ -37,6 +43,7 @@ def main(argv=None) -> int:
     print(USAGE, file=sys.stderr)
     return 2
   command = argv.pop(1)
+  argv = rename_overrides(argv)
   try:
     flags.FLAGS(argv)
   except flags.Error as e:

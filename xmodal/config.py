@@ -7,6 +7,8 @@ the first bad field: a batch size that the devices cannot split, a path that mat
 files, a text context the tower cannot embed, ...
 """
 
+import contextlib
+import contextlib
 import os
 import re
 
@@ -19,6 +21,50 @@ from xmodal.fields import ConfigError  # noqa: F401 (the project's config error 
 _READY_SOURCES = ("synthetic", "features")
 # Keys the data pipeline puts in every batch beside the modalities (xmodal/data/pipeline.py).
 RESERVED_BATCH_KEYS = ("label", "skipped", "epoch", "source", "group", "caption")
+
+
+# Keys renamed since runs were saved: old dotted name -> new. Saved workdirs (config.json),
+# older config files and command-line overrides spelled the old way keep working (`upgrade`,
+# `rename_overrides`). init.from: `from` is a Python keyword, so ml_collections cannot parse
+# `--config.init.from=...` as an override.
+RENAMED = {"init.from": "init.source"}
+
+
+def upgrade(config):
+  """Moves renamed keys (RENAMED) to their new names, in place, in a ConfigDict or in the
+  plain dict a config.json holds; returns it. Raises ConfigError when both names hold
+  different non-empty values."""
+  for old, new in RENAMED.items():
+    *path, old_key = old.split(".")
+    new_key = new.split(".")[-1]
+    node = config
+    for part in path:
+      node = node.get(part) if hasattr(node, "get") else None
+    if node is None or not hasattr(node, "keys") or old_key not in node.keys():
+      continue
+    value, current = node[old_key], node.get(new_key) or ""
+    if value and current and value != current:
+      raise ConfigError(f"config.{old}: the old name of config.{new}; both are set "
+                        f"({value!r}, {current!r}): keep {new} only")
+    locked = isinstance(node, ml_collections.ConfigDict)
+    with node.unlocked() if locked else contextlib.nullcontext():
+      del node[old_key]
+      node[new_key] = value or current
+  return config
+
+
+def rename_overrides(argv: list[str]) -> list[str]:
+  """Command-line overrides with old key names (`--config.init.from=X`, or the flag and its
+  value as two words) rewritten to the new names, before absl parses them."""
+  out = []
+  for arg in argv:
+    for old, new in RENAMED.items():
+      flag = f"--config.{old}"
+      if arg == flag or arg.startswith(flag + "="):
+        arg = f"--config.{new}" + arg[len(flag):]
+    out.append(arg)
+  return out
+
 
 
 def _get(config, dotted):
@@ -90,6 +136,10 @@ def validate(config, num_devices: int) -> None:
   towers = config.get("towers")
   if not isinstance(towers, ml_collections.ConfigDict) or len(towers) < 2:
     raise ConfigError("config.towers: needs at least two towers (one per modality)")
+  for old, new in RENAMED.items():
+    section, _, key = old.rpartition(".")
+    if key in config.get(section, {}):
+      raise ConfigError(f"config.{old}: renamed config.{new}")
   fields.check(config, default_config.SCHEMA, skip=("towers",))
   for modality, tower in towers.items():
     _check_tower(config, modality, tower)
@@ -111,6 +161,7 @@ def validate(config, num_devices: int) -> None:
       raise ConfigError(
           f"config.loss.pairs: {pair!r} must be 'a:b' with two different tower names from "
           f"{sorted(towers.keys())}")
+  text_fits_towers(config)
   if config.optim.warmup_steps >= config.train.total_steps:
     raise ConfigError(
         f"config.optim.warmup_steps: {config.optim.warmup_steps} must be below "
@@ -160,9 +211,9 @@ def validate(config, num_devices: int) -> None:
         f"{batch_shards} batch shards")
 
   _validate_data(config)
-  source = config.init["from"]
+  source = config.init.source
   if source and not os.path.exists(os.path.expanduser(source)):
-    raise ConfigError(f"config.init.from: no such file or directory {source!r}")
+    raise ConfigError(f"config.init.source: no such file or directory {source!r}")
   for pair in config.init.map:
     if len(pair) != 2 or not all(isinstance(p, str) for p in pair):
       raise ConfigError(f"config.init.map: {pair!r} must be (dst_regex, src_template)")
@@ -272,6 +323,20 @@ def _validate_data(config):
           f"config.towers.{name}.pool: 'argmax' pools at the highest token id, but EOS is not "
           f"the highest id of data.tokenizer={d.tokenizer!r} (EOS {tok.eos_id}, ids up to "
           f"{tok.vocab_size - 1}); use 'eot' (the last real token, EOS for every tokenizer)")
+
+
+def text_fits_towers(config) -> None:
+  """data.context_length tokens must fit each text tower's position table (its
+  context_length; 0 = the data's, which always fits): a converted tower has the length its
+  weights were trained with."""
+  length = config.data.context_length
+  for name, tower in config.towers.items():
+    table = tower.get("context_length", 0) if tower.get("kind") == "text" else 0
+    if table and length > table:
+      raise ConfigError(
+          f"config.data.context_length: {length} tokens do not fit "
+          f"config.towers.{name}.context_length {table} (the tower's position table); set "
+          f"data.context_length <= {table}")
 
 
 def _records_unroll(config) -> bool:

@@ -220,7 +220,11 @@ SCHEMA = dict(
         init_scale=Field(0.0, "initial logit scale; 0 = the loss's default: 1/0.07 "
                          "(softmax), 10 (sigmoid)", ge=0),
         init_bias=Field(0.0, "sigmoid: initial logit bias; 0 = the default -10"),
-        max_scale=Field(100.0, "the learned scale is clipped to this value", gt=0),
+        # As open_clip: the loss uses the learned scale as it is (whole gradient at the
+        # bound); the optimizer clamps the parameter after each step.
+        max_scale=Field(100.0, "upper bound of the learned scale: the parameter is clamped to "
+                        "log(max_scale) after each optimizer step; init.source raises it to "
+                        "admit the scale of the weights it loads (SigLIP: ~110-120)", gt=0),
     ),
     data=dict(
         source=Field("shapes", "'shapes' (embedded), 'manifest' (JSONL/CSV/Parquet rows), "
@@ -301,10 +305,12 @@ SCHEMA = dict(
         unfrozen=Field((), "exceptions to train.frozen, e.g. ('image/head/.*',)"),
     ),
     # Initialise params (all, or a subtree) from converted weights or another run, at step 0.
-    init={
-        "from": Field("", ".safetensors from tools/convert_weights.py, or a workdir"),
-        "map": Field((), "((dst_regex, src_template), ...); empty = same names"),
-    },
+    init=dict(
+        source=Field("", "what tools/convert_weights.py wrote (its folder or "
+                     "params.safetensors), any .safetensors of xmodal names, or a workdir "
+                     "(called init.from before; still accepted)"),
+        map=Field((), "((dst_regex, src_template), ...); empty = same names"),
+    ),
     eval=dict(
         batch_size=Field(256, "examples per embedding batch", gt=0),
         classnames=Field("", "manifest zero-shot: a text file, one class name a line"),

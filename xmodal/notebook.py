@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from xmodal import checkpoint, embed, parallel
+from xmodal import checkpoint, config as config_lib, embed, parallel
 from xmodal.data import tokenizer as tokenizer_lib, transforms
 from xmodal.evaluate import zeroshot
 from xmodal.models import model as model_lib
@@ -34,7 +34,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: not found; is {workdir!r} an xmodal workdir?")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return config_lib.upgrade(ml_collections.ConfigDict(json.load(f)))
 
 
 def converted_files(path: str) -> tuple[str, str] | None:
@@ -50,25 +50,12 @@ def converted_files(path: str) -> tuple[str, str] | None:
 
 
 def converted_config(meta_path: str) -> ml_collections.ConfigDict:
-  """The default config with a converted model's sections from towers.json: each tower over
-  its kind's defaults, model.embed_dim, data.image_size, loss.name, and data.context_length
-  from the text tower's positions."""
-  from xmodal import default_config  # noqa: PLC0415
-  with open(meta_path) as f:
-    meta = json.load(f)
-  config = default_config.get_config()
-  config.towers = ml_collections.ConfigDict()
-  for name, section in meta["towers"].items():
-    tower = default_config.tower_defaults(section["kind"])
-    tower.update({k: tuple(v) if isinstance(v, list) else v for k, v in section.items()})
-    config.towers[name] = tower
-  config.model.embed_dim = meta["model.embed_dim"]
-  config.data.image_size = meta.get("extra.image_size", config.data.image_size)
-  config.loss.name = meta.get("extra.loss", config.loss.name)
-  for tower in config.towers.values():
-    if tower.kind == "text" and tower.get("context_length"):
-      config.data.context_length = tower.context_length
-  return config
+  """The default config with a converted model's sections and settings from towers.json
+  (`convert.read_saved`): its towers, model.embed_dim and, when the conversion knows them,
+  data.image_size, data.context_length, loss.name and loss.max_scale."""
+  from xmodal import convert, default_config  # noqa: PLC0415
+  towers, settings = convert.read_saved(os.path.dirname(meta_path))
+  return convert.apply_saved(default_config.get_config(), towers, settings, replace_towers=True)
 
 
 def _use_tokenizer(config, tokenizer: str):
@@ -159,8 +146,8 @@ class LoadedModel:
     if len(inputs) != 2:
       raise ValueError("similarity takes exactly two modalities, e.g. image=..., text=...")
     (a, za), (b, zb) = self.encode(**inputs).items()
-    scale = float(np.exp(np.minimum(np.asarray(self.params["logit_scale"]),
-                                    np.log(self.config.loss.max_scale))).reshape(-1)[0])
+    # The scale as the loss uses it (the optimizer clamps the parameter, the loss does not).
+    scale = float(np.exp(np.asarray(self.params["logit_scale"])).reshape(-1)[0])
     bias = float(np.asarray(self.params.get("logit_bias", 0.0)).reshape(-1)[0])
     return scale * za @ zb.T + bias
 

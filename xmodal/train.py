@@ -47,11 +47,12 @@ def make_train_step(model, tx, objective, schedule, microbatches: int = 1, seed:
       (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
+    used = state["params"]            # the scale and bias this step's loss was computed with
     step_metrics = {"loss": loss, **per_pair, "grad_norm": optax.tree.norm(grads),
-                    "lr": schedule(state["step"]), "scale": jnp.exp(params["logit_scale"]),
-                    "temperature": jnp.exp(-params["logit_scale"])}
-    if "logit_bias" in params:
-      step_metrics["bias"] = params["logit_bias"]
+                    "lr": schedule(state["step"]), "scale": jnp.exp(used["logit_scale"]),
+                    "temperature": jnp.exp(-used["logit_scale"])}
+    if "logit_bias" in used:
+      step_metrics["bias"] = used["logit_bias"]
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, step_metrics
 
   return train_step
@@ -75,7 +76,7 @@ def save_config(config, workdir: str) -> None:
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     with open(path) as f:
-      saved = _flatten(json.load(f))
+      saved = _flatten(config_lib.upgrade(json.load(f)))   # keys renamed since: new names
     now = _flatten(json.loads(config.to_json()))
     defaults = _schema_defaults(config)
     for key in sorted(set(saved) | set(now)):
@@ -114,6 +115,8 @@ def _flatten(tree, prefix=""):
 
 def train(config, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
+  config_lib.upgrade(config)
+  init_lib.resolve(config)          # what the weights of init.source fix (max_scale, ...)
   config_lib.validate(config, jax.device_count())
   mesh = parallel.make_mesh(config)
   with sharding.context(config, mesh):
@@ -166,12 +169,12 @@ def _train(config, workdir: str, mesh) -> dict:
   else:
     start = 0
     state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(config.seed))
-    if config.init["from"]:
-      state["params"] = init_lib.load_into(state["params"], config.init["from"],
+    if config.init.source:
+      state["params"] = init_lib.load_into(state["params"], config.init.source,
                                            config.init.map)
       state["opt_state"] = jax.jit(tx.init, out_shardings=state_sharding["opt_state"])(
           state["params"])
-      print(f"initialised from {config.init['from']}", flush=True)
+      print(f"initialised from {config.init.source}", flush=True)
   skipped_total = meta["skipped"] if meta is not None else 0      # over all processes
   eval_data = pipeline.eval_arrays(config)
   embedder = embed.Embedder(model, mesh, config.eval.batch_size)

@@ -113,10 +113,11 @@ def make_objective(config, mesh) -> Callable:
   pairs = config_lib.loss_pairs(config)
   pair_loss = pair_loss_fn(config.loss.name, config.loss.impl, mesh,
                            tile_size=config.loss.tile_size)
-  max_log_scale = jnp.log(config.loss.max_scale)
 
   def objective(params, embeddings, ids=None):
-    scale = jnp.exp(jnp.minimum(params["logit_scale"], max_log_scale))
+    # The scale as it is: `loss.max_scale` bounds the parameter after each optimizer step
+    # (optim.clamp_scale), never here, so the gradient at the bound is not cut in half.
+    scale = jnp.exp(params["logit_scale"])
     bias = params.get("logit_bias", jnp.zeros((), jnp.float32))
     per_pair = {f"loss/{a}:{b}": pair_loss(embeddings[a], embeddings[b], scale, bias,
                                            ids=ids)
