@@ -19,22 +19,29 @@ import json
 import os
 
 from xmodal import default_config
+from xmodal.config import ConfigError
 
 
 def get_config(arg=None):
   c = default_config.get_config()
   weights = arg or "weights/clip_b16"
   meta_path = os.path.join(weights, "towers.json")
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      meta = json.load(f)
-    image_name = next(m for m, t in meta["towers"].items() if t["kind"] == "vit")
-    c.towers.image.update({k: tuple(v) if isinstance(v, list) else v
-                           for k, v in meta["towers"][image_name].items()})
-    c.model.embed_dim = meta["model.embed_dim"]
-    c.data.image_size = meta.get("extra.image_size", 224)
-    c.init["from"] = os.path.join(weights, "params.safetensors")
-    c.init.map = ((r"image/(.*)", rf"{image_name}/\1"),)
+  # Without the weights this card would train a random image tower, frozen: refuse.
+  if not os.path.isfile(meta_path):
+    raise ConfigError(
+        f"config.init.from: the LiT card needs converted CLIP weights, and {weights!r} has no "
+        f"towers.json; write them with `python tools/convert_weights.py --input "
+        f"clip-vit-base-patch16/ --output {weights}`, then pass the folder: "
+        f"--config=configs/lit_frozen_clip_image.py:{weights}")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  image_name = next(m for m, t in meta["towers"].items() if t["kind"] == "vit")
+  c.towers.image.update({k: tuple(v) if isinstance(v, list) else v
+                         for k, v in meta["towers"][image_name].items()})
+  c.model.embed_dim = meta["model.embed_dim"]
+  c.data.image_size = meta.get("extra.image_size", 224)
+  c.init["from"] = os.path.join(weights, "params.safetensors")
+  c.init.map = ((r"image/(.*)", rf"{image_name}/\1"),)
   c.towers.text.update(dict(width=256, depth=6, num_heads=4))
   c.train.frozen = (r"image/.*",)
   c.loss.name = "softmax"

@@ -6,6 +6,7 @@ field: an unknown key, a value of the wrong type, an out-of-range choice, a batc
 the devices cannot split, a path that matches no files.
 """
 
+import difflib
 import os
 
 import ml_collections
@@ -55,7 +56,10 @@ def _check_tree(node, schema, prefix):
   for key in node.keys():
     name = f"{prefix}{key}"
     if key not in schema:
-      raise ConfigError(f"config.{name}: unknown key; known keys here: {sorted(schema.keys())}")
+      close = difflib.get_close_matches(name, [prefix + k for k in schema.keys()], n=1)
+      hint = (f"did you mean config.{close[0]}?" if close else
+              f"known keys here: {sorted(schema.keys())}")
+      raise ConfigError(f"config.{name}: unknown key; {hint}")
     value, expected = node[key], schema[key]
     if isinstance(expected, ml_collections.ConfigDict):
       if not isinstance(value, ml_collections.ConfigDict):
@@ -243,17 +247,16 @@ def validate(config, num_devices: int) -> None:
   source = config.init["from"]
   if source and not os.path.exists(os.path.expanduser(source)):
     raise ConfigError(f"config.init.from: no such file or directory {source!r}")
+  if config.init.map and not source:    # else the map would silently do nothing
+    raise ConfigError("config.init.map: set, but config.init.from is empty: nothing to map "
+                      "from; set config.init.from to converted weights or a workdir")
   for pair in config.init.map:
     if len(pair) != 2 or not all(isinstance(p, str) for p in pair):
       raise ConfigError(f"config.init.map: {pair!r} must be (dst_regex, src_template)")
   for field in ("train.frozen", "train.unfrozen"):
     if isinstance(_get(config, field), str):
       raise ConfigError(f"config.{field}: expected a tuple of regexes, got a string")
-  if config.eval.classnames and not os.path.exists(config.eval.classnames):
-    raise ConfigError(f"config.eval.classnames: no such file {config.eval.classnames!r}")
-  for template in config.eval.templates:
-    if "{}" not in template:
-      raise ConfigError(f"config.eval.templates: {template!r} has no '{{}}' for the class name")
+  _validate_eval_prompts(config)
 
 
 def _check_files(name: str, pattern: str, why: str):
@@ -286,6 +289,41 @@ def _check_kind(config, kind: str, split: str, field: str, pattern: str):
       raise ConfigError(f"config.data.tfds_data_dir: no such folder {d.tfds_data_dir!r}")
 
 
+def _validate_eval_split(config):
+  d = config.data
+  kind = d.eval_source or d.source
+  if kind == "manifest":
+    field = "data.eval_files" if d.eval_files else "data.eval_manifest"
+    _check_kind(config, "manifest", "eval", field, d.eval_files or d.eval_manifest)
+  elif kind == "tfds":
+    _check_kind(config, "tfds", "eval", "data.tfds_eval_split", d.tfds_eval_split)
+  elif kind not in ("shapes", "synthetic"):
+    _check_kind(config, kind, "eval", "data.eval_files", d.eval_files)
+
+
+def _validate_eval_prompts(config):
+  if config.eval.classnames and not os.path.exists(config.eval.classnames):
+    raise ConfigError(f"config.eval.classnames: no such file {config.eval.classnames!r}")
+  for template in config.eval.templates:
+    if "{}" not in template:
+      raise ConfigError(f"config.eval.templates: {template!r} has no '{{}}' for the class name")
+
+
+def validate_eval(config) -> None:
+  """What `xmodal eval` needs of a trained run's config with new evaluation fields: their
+  types and choices, the eval split's files and the zero-shot prompts (the training split
+  need not exist any more)."""
+  schema = default_config.get_config()
+  for section in ("data", "eval"):
+    _check_tree(config[section], schema[section], section + ".")
+  name = "data.eval_source"
+  if _get(config, name) not in CHOICES[name]:
+    raise ConfigError(f"config.{name}: {_get(config, name)!r} is not one of {CHOICES[name]}")
+  _positive(config, "eval.batch_size")
+  _validate_eval_split(config)
+  _validate_eval_prompts(config)
+
+
 def _validate_data(config):
   d = config.data
   from xmodal.data import pipeline, tokenizer
@@ -307,15 +345,7 @@ def _validate_data(config):
     _check_kind(config, "tfds", "train", "data.tfds_train_split", d.tfds_train_split)
   elif d.source not in ("shapes", "synthetic"):
     _check_kind(config, d.source, "train", "data.train_files", d.train_files)
-  # Eval split.
-  kind = d.eval_source or d.source
-  if kind == "manifest":
-    field = "data.eval_files" if d.eval_files else "data.eval_manifest"
-    _check_kind(config, "manifest", "eval", field, d.eval_files or d.eval_manifest)
-  elif kind == "tfds":
-    _check_kind(config, "tfds", "eval", "data.tfds_eval_split", d.tfds_eval_split)
-  elif kind not in ("shapes", "synthetic"):
-    _check_kind(config, kind, "eval", "data.eval_files", d.eval_files)
+  _validate_eval_split(config)
   # Images and text.
   if d.image_dtype == "uint8" and d.normalize != "none":
     raise ConfigError(f"config.data.normalize: {d.normalize!r} needs data.image_dtype="

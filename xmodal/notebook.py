@@ -22,7 +22,7 @@ from xmodal.models import model as model_lib
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: not found; is {workdir!r} an xmodal workdir?")
+    raise checkpoint.WorkdirError(f"{path}: not found; is {workdir!r} an xmodal workdir?")
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
@@ -85,9 +85,11 @@ class LoadedModel:
             f"params={n / 1e6:.2f}M, devices={self.mesh.size})")
 
 
-def load(workdir: str, step: int | None = None, devices=None) -> LoadedModel:
-  """The run in `workdir` at its newest checkpoint (or `step`), on `devices` (default: all)."""
-  config = load_config(workdir)
+def load(workdir: str, step: int | None = None, devices=None, config=None) -> LoadedModel:
+  """The run in `workdir` at its newest checkpoint (or `step`), on `devices` (default: all).
+  `config` replaces the run's saved config (same model; `xmodal eval` passes new eval
+  fields)."""
+  config = load_config(workdir) if config is None else config
   devices = jax.devices() if devices is None else devices
   with config.unlocked():
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))

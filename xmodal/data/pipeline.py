@@ -407,12 +407,13 @@ def eval_arrays(config, max_examples: int | None = None, split: str = "eval") ->
 
 
 def classnames(config) -> tuple[str, ...] | None:
-  """Zero-shot class names: the embedded dataset's, or config.eval.classnames' lines."""
-  if config.data.source == "shapes":
-    return shapes.CLASSNAMES
+  """Zero-shot class names: config.eval.classnames' lines, else the embedded dataset's when
+  the eval split is `shapes`."""
   if config.eval.classnames:
     with open(config.eval.classnames, encoding="utf-8") as f:
       return tuple(line.strip() for line in f if line.strip())
+  if (config.data.eval_source or config.data.source) == "shapes":
+    return shapes.CLASSNAMES
   return None
 
 
