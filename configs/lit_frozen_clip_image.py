@@ -7,7 +7,8 @@ Command (ARG = the directory tools/convert_weights.py wrote):
       [--config.data.source=manifest --config.data.train_manifest=... ]
   The image tower section comes from weights/clip_b16/towers.json; init.from loads its
   params (image/* only, by init.map) and train.frozen locks them, head included, so the
-  text tower learns into CLIP's 512-d embedding space.
+  text tower learns into CLIP's 512-d embedding space. A folder without towers.json is an
+  error naming config.init.from (the card would otherwise freeze a random image tower).
 Expected hardware: 1 GPU (H100) for the shapes dataset at 224 px (the frozen tower runs
   forward only); CPU works for a smoke test with a small --config.train.total_steps.
 Expected result: not measured here. In LiT (Zhai et al. 2022) a locked image tower

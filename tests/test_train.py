@@ -124,7 +124,7 @@ def test_eval_scores_new_class_names_and_refuses_changes_to_the_model(trained, t
   for flag, message in (
       ("--config.towers.image.width=8", "config.towers.image.width: would change the model"),
       ("--config.data.image_size=16", "config.data.image_size: would change the model"),
-      ("--config.train.total_steps=5", "config.train.total_steps: does not affect evaluation"),
+      ("--config.train.total_steps=5", "config.train.total_steps: is not an evaluation field"),
       ("--config.eval.clasnames=x.txt", "config.eval.clasnames: unknown key; did you mean "
                                         "config.eval.classnames?"),
       (f"--config.eval.classnames={tmp_path / 'none.txt'}", "config.eval.classnames: no such "
@@ -178,9 +178,10 @@ def test_a_start_that_fails_before_step_1_leaves_the_workdir_as_it_was(tmp_path)
   (workdir / "notes.txt").write_text("mine")
   bad = make_tiny_config(**{"init.from": str(tmp_path / "w.safetensors"),
                             "train.total_steps": 3})
-  with pytest.raises(config_lib.ConfigError, match=r"^config.init.from: no source parameter"):
+  with pytest.raises(ValueError, match=r"^config.init.from: no source parameter") as err:
     train.train(bad, str(workdir))
   assert sorted(os.listdir(workdir)) == ["notes.txt"]
+  assert isinstance(err.value, config_lib.ConfigError)      # one line from the command
   final = train.train(make_tiny_config(**{"train.total_steps": 3}), str(workdir))
   assert final["eval/examples"] > 0 and (workdir / "config.json").exists()
 

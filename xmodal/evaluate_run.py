@@ -31,7 +31,7 @@ def _is(key: str, fields) -> bool:
 def _refusal(key: str) -> str:
   allowed = ", ".join(f + "*" if f.endswith(".") else f for f in EVAL_FIELDS)
   why = ("would change the model the run trained" if _is(key, MODEL_FIELDS) else
-         "does not affect evaluation")
+         "is not an evaluation field")
   return f"config.{key}: {why}; `xmodal eval` takes only {allowed}"
 
 
@@ -47,13 +47,14 @@ def eval_config(workdir: str, config_file: str | None = None, overrides=()):
     given = train._flatten(json.loads(other.to_json()))
     defaults = train._schema_defaults(config)
     for key in sorted(given):
+      trained = ran.get(key, defaults.get(key))    # keys added to the schema since: default
       if _is(key, EVAL_FIELDS):
         (dst, leaf), (src, _) = config_cli.locate(config, key), config_cli.locate(other, key)
         dst[leaf] = src[leaf]
-      elif _is(key, MODEL_FIELDS) and given[key] != ran.get(key, defaults.get(key)):
+      elif _is(key, MODEL_FIELDS) and given[key] != trained:
         raise config_lib.ConfigError(
             f"config.{key}: {config_file} has {given[key]!r} but the run in {workdir} trained "
-            f"with {ran.get(key, defaults.get(key))!r}; `xmodal eval` cannot change the model")
+            f"with {trained!r}; `xmodal eval` cannot change the model")
   for key, _ in overrides:
     config_cli.locate(config, key)        # an unknown key first: "did you mean ..."
     if not _is(key, EVAL_FIELDS):

@@ -36,7 +36,7 @@ def read_source(source: str) -> dict:
     flat = convert.flatten(jax.tree.map(np.asarray, loaded.params))
   else:
     raise ConfigError(f"config.init.from: {source!r} is neither a .safetensors file nor an "
-                     f"xmodal workdir")
+                      f"xmodal workdir")
   return convert.flatten(_unscan(convert.unflatten(flat)))
 
 
@@ -73,7 +73,7 @@ def assign(params, source: dict, mapping=()) -> tuple[dict, list[str]]:
         src = m.expand(src_tpl)
         if src not in source:
           raise ConfigError(f"config.init.map: {dst_rx!r} -> {src_tpl!r} wants source param "
-                           f"{src!r}, which {len(source)} source params do not include")
+                            f"{src!r}, which {len(source)} source params do not include")
         replaced[name] = _fit(name, source[src], dst[name].shape)
         hits += 1
       if not hits:
@@ -84,7 +84,7 @@ def assign(params, source: dict, mapping=()) -> tuple[dict, list[str]]:
         replaced[name] = _fit(name, source[name], dst[name].shape)
     if not replaced:
       raise ConfigError("config.init.from: no source parameter has a model parameter's name; "
-                       "give config.init.map")
+                        "give config.init.map")
   dst.update(replaced)
   new = convert.unflatten(dst)
   # Back to the model's own (possibly scanned) layout.

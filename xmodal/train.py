@@ -73,6 +73,10 @@ def save_config(config, workdir: str) -> None:
   """Writes workdir/config.json; if the workdir already holds a run, first checks that the
   config is the same run (only RESUMABLE_CHANGES may differ)."""
   check_config(config, workdir)
+  write_config(config, workdir)
+
+
+def write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -223,7 +227,7 @@ def _train(config, workdir: str, mesh) -> dict:
     done = step + 1
     if step == start:               # the first call compiles: timed apart from the rest
       jax.block_until_ready(state)
-      save_config(config, workdir)  # the run exists from here on
+      write_config(config, workdir)  # the run exists from here on (checked at setup)
       writer.write(done, {"compile_time_s": clock.first_step_done()}, "first step: ")
     else:
       clock.step_done()
