@@ -68,6 +68,8 @@ def _config_file(tmp_path, body, name="exp.py"):
     (["train", "--config=TYPO"], "config.optim.lrate: unknown key; did you mean config.optim.lr?"),
     (["train", "--bogus"], "xmodal train: error: unrecognized arguments: --bogus"),
     (["eval", "--workdir=NOWHERE"], "config.json: not found; is"),
+    (["train", "--num_processes=2"], "--coordinator, --num_processes and --process_id go "
+                                     "together"),
 ])
 def test_config_and_usage_errors_are_one_line_and_exit_2(tmp_path, capsys, args, message):
   files = {

@@ -124,6 +124,11 @@ def main(argv=None) -> int:
     return 2
   if unknown:
     parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+  given = [args.coordinator is not None, args.num_processes is not None,
+           args.process_id is not None]
+  if any(given) and not all(given):
+    parser.commands[args.command].error("--coordinator, --num_processes and --process_id go "
+                                        "together")
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   from xmodal import checkpoint, config as config_lib, parallel
   from xmodal.data import manifest, sources

@@ -247,7 +247,7 @@ class _SkipBadIterator(grain.DatasetIterator):
         skipped += 1
         self._log_bad(element["_bad"])
         if skipped >= MAX_CONSECUTIVE_BAD:
-          raise RuntimeError(
+          raise sources.SourceError(
               f"{skipped} unreadable examples in a row (last: {element['_bad']}); the data "
               "is broken or misconfigured (check data.source / file patterns / keys)")
         continue
@@ -399,7 +399,7 @@ def eval_arrays(config, max_examples: int | None = None, split: str = "eval") ->
     examples.append(ex)
     captions.append(prep._captions(record["caption"])[0])
   if not examples:
-    raise ValueError(f"the eval split of {source!r} has no readable examples")
+    raise sources.SourceError(f"the eval split of {source!r} has no readable examples")
   out = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
   out["caption"] = captions
   out["skipped"] = skipped
