@@ -17,9 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-
-class WorkdirError(FileNotFoundError):
-  """A workdir lacks what was asked of it (its config, any checkpoint, a given step)."""
+from xmodal.config import WorkdirError
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -130,21 +130,21 @@ def main(argv=None) -> int:
     parser.commands[args.command].error("--coordinator, --num_processes and --process_id go "
                                         "together")
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-  from xmodal import checkpoint, config as config_lib, parallel
+  from xmodal import config as config_lib, default_config
   from xmodal.data import manifest, sources
   try:
     if args.command == "train":
-      from xmodal import default_config, train
       config = config_cli.load_file(args.config) if args.config else default_config.get_config()
-      config_cli.apply_overrides(config, overrides)
+      config_cli.apply_overrides(config, overrides)     # before JAX is imported: fast errors
+      from xmodal import parallel, train
       parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
       train.train(config, args.workdir)
     else:
-      from xmodal import evaluate_run
+      from xmodal import evaluate_run, parallel
       request = evaluate_run.eval_config(args.workdir, args.config, overrides)
       parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
       evaluate_run.evaluate_workdir(args.workdir, args.step, request)
-  except (config_lib.ConfigError, checkpoint.WorkdirError) as e:   # what was asked: usage
+  except (config_lib.ConfigError, config_lib.WorkdirError) as e:   # what was asked: usage
     print(f"xmodal {args.command}: error: {e}", file=sys.stderr)
     return 2
   except (sources.SourceError, manifest.ManifestError) as e:        # the data

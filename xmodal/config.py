@@ -51,6 +51,10 @@ class ConfigError(ValueError):
   """A config value is wrong; the message starts with the field's dotted name."""
 
 
+class WorkdirError(FileNotFoundError):
+  """A workdir lacks what was asked of it (its config.json, any checkpoint, a given step)."""
+
+
 def _check_tree(node, schema, prefix):
   """Unknown keys and wrong types, recursively. Tower sections use their kind's schema."""
   for key in node.keys():

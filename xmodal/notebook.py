@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from xmodal import checkpoint, embed, parallel
+from xmodal import checkpoint, config as config_lib, embed, parallel
 from xmodal.data import tokenizer as tokenizer_lib, transforms
 from xmodal.models import model as model_lib
 
@@ -22,7 +22,7 @@ from xmodal.models import model as model_lib
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise checkpoint.WorkdirError(f"{path}: not found; is {workdir!r} an xmodal workdir?")
+    raise config_lib.WorkdirError(f"{path}: not found; is {workdir!r} an xmodal workdir?")
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
