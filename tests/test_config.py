@@ -54,6 +54,8 @@ def test_default_config_is_valid():
      "config.data.alpha_background"),
     (lambda c: c.data.__setattr__("alpha_background", (0, 0, 256)),
      "config.data.alpha_background"),
+    # A map with nothing to map from would silently load nothing.
+    (lambda c: c.init.__setattr__("map", ((r"image/(.*)", r"\1"),)), "config.init.map"),
 ])
 def test_bad_value_names_its_field(mutate, field):
   config = default_config.get_config()
@@ -76,6 +78,16 @@ def test_every_numeric_field_declares_its_range():
                if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)
                and not f.range_text() and k != "loss.init_bias"]
   assert not unbounded
+
+
+def test_unknown_key_in_a_config_file_names_the_closest_key():
+  config = default_config.get_config()
+  with config.unlocked():
+    config.towers.image.widht = 64
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^config.towers.image.widht: unknown key; did you mean "
+                           r"config.towers.image.width\?$"):
+    config_lib.validate(config, num_devices=8)
 
 
 def test_manifest_path_matching_nothing(tmp_path):
@@ -101,7 +113,7 @@ def test_wrong_type_from_a_config_file(tmp_path):
   result = subprocess.run([sys.executable, "-m", "xmodal.cli", "train", f"--config={path}",
                            f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True,
                           timeout=120)
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert "config.train.total_steps: expected int, got str" in result.stderr
   assert not (tmp_path / "run" / "checkpoints").exists()
 

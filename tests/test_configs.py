@@ -3,10 +3,13 @@
 import glob
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 
 from xmodal import config as config_lib
+from tiny import write_converted_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,6 +22,8 @@ def test_config_file_validates(path, tmp_path):
   arg = None
   if os.path.basename(path) == "converted.py":   # needs what tools/convert_weights.py writes
     arg = _converted_folder(tmp_path / "weights")
+  elif path.endswith("lit_frozen_clip_image.py"):   # refuses without its weights (below)
+    arg = write_converted_weights(tmp_path / "w")
   config = module.get_config(arg)
   if config.data.source == "features":
     import numpy as np
@@ -61,6 +66,33 @@ def test_converted_card_takes_the_conversion_settings_and_tokenizer(tmp_path):
   assert (config.data.tokenizer, config.data.tokenizer_path) == ("sentencepiece", str(spm))
   with pytest.raises(FileNotFoundError, match="towers.json"):
     module.get_config(str(tmp_path / "nothing"))
+
+
+def test_lit_card_without_its_weights_is_an_error_naming_the_field(tmp_path):
+  """Else it would train a random image tower, frozen."""
+  spec = importlib.util.spec_from_file_location(
+      "lit", os.path.join(ROOT, "configs", "lit_frozen_clip_image.py"))
+  card = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(card)
+  for arg in (str(tmp_path / "missing"), str(tmp_path)):   # no folder; no towers.json in it
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"^config.init.source: the LiT card needs converted CLIP weights, "
+                             r"and '.*' has no towers.json; write them with"):
+      card.get_config(arg)
+  config = card.get_config(write_converted_weights(tmp_path / "w"))
+  assert config.init.source == str(tmp_path / "w" / "params.safetensors")
+  assert config.train.frozen == ("image/.*",) and config.data.image_size == 16
+
+
+@pytest.mark.slow
+def test_lit_card_without_its_weights_stops_the_command_in_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "xmodal.cli", "train",
+       f"--config={os.path.join(ROOT, 'configs', 'lit_frozen_clip_image.py')}:{tmp_path / 'w'}",
+       f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.startswith("xmodal train: error: config.init.source: the LiT card needs")
+  assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
 def test_clip_card_with_the_bpe_file_fits_openai_text_weights():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_fixtures import caption_index, data_config, records, write_arrayrecord
-from xmodal.data import pipeline, tokenizer
+from xmodal.data import pipeline, sources, tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_all_bad_data_fails_loudly_instead_of_spinning(tmp_path, monkeypatch):
   config = data_config(source="arrayrecord", train_files=str(tmp_path / "bad.arrayrecord"),
                        eval_files=str(tmp_path / "bad.arrayrecord"))
   monkeypatch.setattr(pipeline, "MAX_CONSECUTIVE_BAD", 50)
-  with pytest.raises(RuntimeError, match="50 unreadable examples in a row"):
+  with pytest.raises(sources.SourceError, match="50 unreadable examples in a row"):
     next(iter(pipeline.train_dataset(config)))
   with pytest.raises(ValueError, match="no readable examples"):
     pipeline.eval_arrays(config)

@@ -38,7 +38,7 @@ def test_good_values_pass(field, value):
 def test_unknown_key_suggests_the_closest():
   schema = {"optim": {"lr": Field(1.0, ""), "warmup_steps": Field(0, "")}}
   with pytest.raises(ConfigError, match=r"^config.optim.warmpu_steps: unknown key; did you "
-                                        r"mean 'warmup_steps'\?"):
+                                        r"mean config.optim.warmup_steps\?"):
     fields.check({"optim": {"warmpu_steps": 3}}, schema)
   with pytest.raises(ConfigError, match=r"^config.optim: expected a section"):
     fields.check({"optim": 3}, schema)

@@ -118,7 +118,7 @@ def test_objective_sums_over_modality_pairs():
   objective = losses.make_objective(config, mesh)
   params = {"logit_scale": jnp.log(10.0)}
   total, per_pair = objective(params, emb)
-  assert sorted(per_pair) == ["loss/a:b", "loss/a:c", "loss/b:c"]
+  assert sorted(per_pair) == ["loss/a-b", "loss/a-c", "loss/b-c"]
   expected = np.mean([losses.dense_loss("softmax", emb[p], emb[q], 10.0)
                       for p, q in [("a", "b"), ("a", "c"), ("b", "c")]])
   np.testing.assert_allclose(total, expected, rtol=1e-6)
@@ -193,9 +193,9 @@ def test_objective_takes_group_ids(impl):
   pairs = [("a", "b"), ("a", "c"), ("b", "c")]
   for p, q in pairs:
     np.testing.assert_allclose(
-        per_pair[f"loss/{p}:{q}"],
+        per_pair[f"loss/{p}-{q}"],
         losses.dense_loss("sigmoid", emb[p], emb[q], 12.0, -3.0, ids=ids), rtol=1e-5)
-  np.testing.assert_allclose(total, np.mean([per_pair[f"loss/{p}:{q}"] for p, q in pairs]),
+  np.testing.assert_allclose(total, np.mean([per_pair[f"loss/{p}-{q}"] for p, q in pairs]),
                              rtol=1e-6)
   plain, _ = objective(params, emb)
   np.testing.assert_allclose(plain, np.mean(

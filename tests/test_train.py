@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.slow   # end-to-end / subprocess / torch parity
 
 import xmodal
-from xmodal import cli, metrics as metrics_lib, train
+from xmodal import cli, config as config_lib, metrics as metrics_lib, train
 from xmodal.data import shapes
 from tiny import make_tiny_config
 
@@ -42,19 +42,21 @@ def test_loss_goes_down_and_retrieval_beats_chance(trained):
   losses = list(_losses(workdir).values())
   assert losses[-1] < 0.75 * losses[0], losses
   chance_r10 = 10 / final["eval/examples"]
-  assert final["retrieval/image->text/R@10"] > 2 * chance_r10, final
+  assert final["retrieval/image_to_text/R10"] > 2 * chance_r10, final
   assert final["zeroshot/top1"] > 2 * final["zeroshot/chance"], final
 
 
 def test_run_writes_metrics_checkpoints_and_plots(trained):
   config, workdir, _ = trained
-  rows = metrics_lib.read_jsonl(workdir)
+  rows = [r for r in metrics_lib.read_jsonl(workdir) if "run" not in r]   # not xmodal eval's
   first = rows[0]
   assert first["step"] == 1 and first["compile_time_s"] > 0
   logged = [r for r in rows if "loss" in r]
   for key in ("lr", "scale", "grad_norm", "examples_per_s", "steps_per_s", "eta_s",
-              "step_time_s", "data/skipped"):
+              "step_time_s", "data_time_s", "data/skipped"):
     assert key in logged[-1], key
+  # The wait for the next batch is part of the step.
+  assert all(0 <= r["data_time_s"] <= r["step_time_s"] for r in logged)
   assert [r["step"] for r in rows if "zeroshot/top1" in r] == [40, 80]
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
   assert steps == [60, 80]            # every 30 steps and at the end, newest 2 kept
@@ -64,6 +66,15 @@ def test_run_writes_metrics_checkpoints_and_plots(trained):
              for f in os.listdir(os.path.join(workdir, "tensorboard")))
   final = json.load(open(os.path.join(workdir, "final_metrics.json")))
   assert final["step"] == 80
+  # TensorBoard holds every name of metrics.jsonl as written, at the same steps.
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+  events.Reload()
+  tags = {t: [e.step for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
+  names = {k for r in rows for k in r if k not in ("step", "time")}
+  assert "retrieval/image_to_text/R1" in names and "loss/image-text" in names
+  assert set(tags) == names
+  assert tags["zeroshot/top1"] == [40, 80]
 
 
 def test_notebook_load_encodes_and_scores(trained):
@@ -85,10 +96,106 @@ def test_notebook_load_encodes_and_scores(trained):
 def test_eval_command_reproduces_the_final_metrics(trained):
   _, workdir, final = trained
   assert cli.main(["xmodal", "eval", f"--workdir={workdir}"]) == 0
-  rows = [r for r in metrics_lib.read_jsonl(workdir) if "retrieval/image->text/R@1" in r]
+  rows = [r for r in metrics_lib.read_jsonl(workdir) if "retrieval/image_to_text/R1" in r]
   again = rows[-1]
-  for key in ("retrieval/image->text/R@1", "retrieval/text->image/R@5", "zeroshot/top1"):
+  for key in ("retrieval/image_to_text/R1", "retrieval/text_to_image/R5", "zeroshot/top1"):
     assert again[key] == pytest.approx(final[key], abs=1e-6), key
+
+
+def _eval(capsys, workdir, *args):
+  """`xmodal eval` in this process: (exit status, stderr, the row it added or None)."""
+  before = len(metrics_lib.read_jsonl(workdir))
+  code = cli.main(["xmodal", "eval", f"--workdir={workdir}", *args])
+  rows = metrics_lib.read_jsonl(workdir)
+  return code, capsys.readouterr().err, (rows[-1] if len(rows) > before else None)
+
+
+def test_eval_scores_new_class_names_and_refuses_changes_to_the_model(trained, tmp_path,
+                                                                      capsys):
+  _, workdir, final = trained
+  same, rolled = tmp_path / "same.txt", tmp_path / "rolled.txt"
+  same.write_text("\n".join(shapes.CLASSNAMES))
+  # Class i named as class i+6 (another colour and another shape): right answers score wrong.
+  rolled.write_text("\n".join(shapes.CLASSNAMES[6:] + shapes.CLASSNAMES[:6]))
+  code, _, row = _eval(capsys, workdir, f"--config.eval.classnames={same}")
+  assert code == 0 and row["zeroshot/top1"] == pytest.approx(final["zeroshot/top1"], abs=1e-6)
+  code, _, row = _eval(capsys, workdir, f"--config.eval.classnames={rolled}")
+  assert code == 0 and row["zeroshot/top1"] < final["zeroshot/top1"] / 2, row
+  assert row["retrieval/image_to_text/R1"] == pytest.approx(
+      final["retrieval/image_to_text/R1"], abs=1e-6)          # retrieval is not prompts
+  for flag, message in (
+      ("--config.towers.image.width=8", "config.towers.image.width: would change the model"),
+      ("--config.data.image_size=16", "config.data.image_size: would change the model"),
+      ("--config.train.total_steps=5", "config.train.total_steps: is not an evaluation field"),
+      ("--config.eval.clasnames=x.txt", "config.eval.clasnames: unknown key; did you mean "
+                                        "config.eval.classnames?"),
+      (f"--config.eval.classnames={tmp_path / 'none.txt'}", "config.eval.classnames: no such "
+                                                              "file"),
+      ("--config.eval.templates=('a photo',)", "config.eval.templates: 'a photo' has no '{}'")):
+    code, err, row = _eval(capsys, workdir, flag)
+    assert (code, row) == (2, None) and message in err and err.count("\n") == 1, err
+
+
+def test_eval_takes_the_evaluation_fields_of_a_config_file(trained, tmp_path, capsys):
+  config, workdir, final = trained
+  path = tmp_path / "eval.py"
+  path.write_text(
+      f"import sys\nsys.path.insert(0, {TESTS_DIR!r})\nfrom tiny import make_tiny_config\n"
+      f"def get_config(arg=None):\n"
+      f"  c = make_tiny_config(**{{'data.image_size': 32, 'train.total_steps': 7}})\n"
+      f"  c.eval.templates = ('{{}}',)\n"
+      f"  c.model.embed_dim = int(arg or c.model.embed_dim)\n"
+      f"  return c\n")
+  # Same model, another prompt set (the bare class name) and training length (ignored).
+  code, _, row = _eval(capsys, workdir, f"--config={path}")
+  assert code == 0 and row["zeroshot/top1"] != pytest.approx(final["zeroshot/top1"], abs=1e-6)
+  code, err, row = _eval(capsys, workdir, f"--config={path}:48")
+  assert code == 2 and row is None
+  assert f"config.model.embed_dim: {path}:48 has 48 but the run in {workdir} trained with " \
+         f"{config.model.embed_dim}" in err
+
+
+def test_eval_of_an_earlier_step_keeps_the_runs_own_tensorboard_history(trained, capsys):
+  _, workdir, _ = trained
+  code, _, row = _eval(capsys, workdir, "--step=60")
+  assert code == 0 and row["step"] == 60 and row["run"] == "eval_step60"
+  from tensorboard.backend.event_processing import event_accumulator
+  def steps(path):
+    events = event_accumulator.EventAccumulator(path)
+    events.Reload()
+    return [e.step for e in events.Scalars("zeroshot/top1")]
+  assert steps(os.path.join(workdir, "tensorboard")) == [40, 80]
+  assert steps(os.path.join(workdir, "tensorboard", "eval_step60")) == [60]
+  code, err, _ = _eval(capsys, workdir, "--step=7")
+  assert code == 2 and "no checkpoint of step 7" in err and "steps: 60, 80" in err
+
+
+def test_a_start_that_fails_before_step_1_leaves_the_workdir_as_it_was(tmp_path):
+  """Init from weights that match no parameter fails after the model is built; the
+  corrected start then trains in the same workdir instead of being refused."""
+  from safetensors.numpy import save_file
+  save_file({"vision/other": np.zeros(3, np.float32)}, str(tmp_path / "w.safetensors"))
+  workdir = tmp_path / "run"
+  workdir.mkdir()                                      # an empty folder stays empty
+  (workdir / "notes.txt").write_text("mine")
+  bad = make_tiny_config(**{"init.source": str(tmp_path / "w.safetensors"),
+                            "train.total_steps": 3})
+  with pytest.raises(ValueError, match=r"^config.init.source: no source parameter") as err:
+    train.train(bad, str(workdir))
+  assert sorted(os.listdir(workdir)) == ["notes.txt"]
+  assert isinstance(err.value, config_lib.ConfigError)      # one line from the command
+  final = train.train(make_tiny_config(**{"train.total_steps": 3}), str(workdir))
+  assert final["eval/examples"] > 0 and (workdir / "config.json").exists()
+
+
+def test_frozen_random_weights_are_refused_before_anything_is_written(tmp_path):
+  """A LiT-style freeze with no weights to load would train against a random tower."""
+  config = make_tiny_config(**{"train.frozen": ("image/.*",)})
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^config.train.frozen: \d+ frozen weight matrices .* are not "
+                           r"loaded from nothing \(config.init.source is empty\)"):
+    train.train(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
 
 
 def test_killed_run_resumes_to_the_uninterrupted_loss_sequence(tmp_path):

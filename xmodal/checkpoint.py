@@ -17,6 +17,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from xmodal.config import WorkdirError
+
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -24,9 +26,11 @@ def checkpoint_dir(workdir: str) -> str:
 
 class Checkpointer:
   def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
+    # create=False: the directory appears with the first save, so a start that fails
+    # before it leaves the workdir as it was.
     self.manager = ocp.CheckpointManager(
         checkpoint_dir(workdir),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=False,
                                              enable_async_checkpointing=async_save))
 
   def latest_step(self) -> int | None:
@@ -64,9 +68,13 @@ def restore_params(workdir: str, abstract_params, step: int | None = None):
   `abstract_params` (a pytree of jax.ShapeDtypeStruct). Returns (params, step)."""
   manager = ocp.CheckpointManager(checkpoint_dir(workdir),
                                   item_handlers={"state": ocp.PyTreeCheckpointHandler()})
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}")
+  steps = manager.all_steps()
+  if not steps:
+    raise WorkdirError(f"no checkpoint under {checkpoint_dir(workdir)}")
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise WorkdirError(f"no checkpoint of step {step} under {checkpoint_dir(workdir)}; "
+                       f"steps: {', '.join(map(str, sorted(steps)))}")
   target = {"params": abstract_params}
   restore_args = ocp.checkpoint_utils.construct_restore_args(target)
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(

@@ -1,67 +1,156 @@
-"""The `xmodal` command.
+"""The `xmodal` command: `xmodal train` and `xmodal eval` (`xmodal COMMAND --help`).
 
-  xmodal train [--config=FILE.py[:ARG]] [--workdir=DIR] [--config.KEY=VALUE ...]
-  xmodal eval  --workdir=DIR [--step=N]
-
-Multi-process (one process per host): add --coordinator=HOST:PORT --num_processes=N
---process_id=I, or nothing on Cloud TPU pods and under SLURM (detected).
-
-`train` with no --config runs the embedded default (xmodal/default_config.py). A workdir
-that already holds checkpoints is resumed from the newest one. `eval` restores a run's
-params and evaluates them on the run's held-out split.
+A config or usage error (a bad key, value, config file, workdir or step) is one line and
+exit status 2; a data problem the project detects (a source or manifest it cannot read) one
+line and status 1; anything else is a bug and shows its traceback.
 """
 
+import argparse
 import logging
-import os
 import sys
 
-from absl import flags
-from ml_collections import config_flags
+from xmodal import config as config_lib, config_cli
 
-from xmodal.config import rename_overrides
+DOCS_LINE = (f"Config keys, their defaults and meaning: {config_cli.DOCS} "
+             f"(the schema: xmodal/default_config.py).")
 
-# Overrides spelled with a renamed key (--config.init.from=...): ml_collections reads
-# sys.argv when the flag below is defined, so they are rewritten before that.
-sys.argv[:] = rename_overrides(sys.argv)
+TRAIN_HELP = f"""\
+Trains the run in --workdir: the embedded default with no --config, or the experiment a
+config file's get_config(ARG) returns. A workdir that already holds checkpoints resumes from
+the newest one; a config that differs from the run's in anything but train.*, eval.*, mesh.*
+and the loader's worker/thread counts is refused with the differing key named.
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "default_config.py")
-USAGE = __doc__
+  --config.KEY=VALUE   override any key of the config, e.g. --config.batch_size=256,
+                       --config.loss.name=sigmoid, --config.mesh.data="-1",
+                       --config.train.frozen="('image/.*',)"; a bare --config.KEY sets a
+                       bool key to true, --noconfig.KEY to false
 
-config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file (.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, metrics and plots go.")
-flags.DEFINE_integer("step", None, "eval: the checkpoint step (default: newest).")
-flags.DEFINE_string("coordinator", None, "Multi-process: host:port of process 0 (optional on "
-                    "TPU pods and under SLURM, where JAX finds it).")
-flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes in all.")
-flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+Multi-process (one process per host): --coordinator, --num_processes, --process_id, or
+nothing on Cloud TPU pods and under SLURM (JAX finds them).
+
+{DOCS_LINE}"""
+
+EVAL_HELP = f"""\
+Scores a run's checkpoint (the newest, or --step) with zero-shot classification and
+retrieval on the held-out split. Results go to stdout, the workdir's metrics.jsonl (rows
+marked "run": "eval_stepN") and TensorBoard run tensorboard/eval_stepN, apart from the
+run's own evaluations.
+
+  --config=FILE.py[:ARG]  take the evaluation fields from a config file; its model fields
+                          must equal the run's
+  --config.KEY=VALUE      override an evaluation field: eval.* (classnames, templates,
+                          batch_size), data.eval_source, data.eval_files, data.tfds_eval_split
+                          and the eval data's column and tfds settings; a key that would
+                          change the model is refused
+
+{DOCS_LINE}"""
+
+
+MULTI = "[--coordinator=HOST:PORT --num_processes=N --process_id=I]"
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse that reports a usage error as one line (and exit status 2)."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+  fmt = argparse.RawDescriptionHelpFormatter
+  parser = _Parser(prog="xmodal", formatter_class=fmt,
+                   description="Cross-modal contrastive pretraining in JAX.")
+  commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+  train = commands.add_parser(
+      "train", help="train (or resume) a run", formatter_class=fmt, description=TRAIN_HELP,
+      usage="xmodal train [--config=FILE.py[:ARG]] [--config.KEY=VALUE ...] [--workdir=DIR] "
+            f"{MULTI}")
+  train.add_argument("--config", metavar="FILE.py[:ARG]",
+                     help="experiment config file (default: the embedded default); ARG is "
+                          "passed to its get_config")
+  train.add_argument("--workdir", default="runs/default", metavar="DIR",
+                     help="where checkpoints, metrics and plots go (default: %(default)s)")
+  evaluate = commands.add_parser(
+      "eval", help="evaluate a run's checkpoint", formatter_class=fmt, description=EVAL_HELP,
+      usage="xmodal eval [--workdir=DIR] [--step=N] [--config=FILE.py[:ARG]] "
+            f"[--config.KEY=VALUE ...] {MULTI}")
+  evaluate.add_argument("--workdir", default="runs/default", metavar="DIR",
+                        help="the run to evaluate (default: %(default)s)")
+  evaluate.add_argument("--step", type=int, metavar="N", help="checkpoint step (default: the newest)")
+  evaluate.add_argument("--config", metavar="FILE.py[:ARG]",
+                        help="config file to take the evaluation fields from")
+  for sub in (train, evaluate):
+    group = sub.add_argument_group("multi-process")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="address of process 0 (optional on TPU pods and under SLURM)")
+    group.add_argument("--num_processes", type=int, metavar="N",
+                       help="how many processes in all")
+    group.add_argument("--process_id", type=int, metavar="I", help="this process's index")
+  parser.commands = {"train": train, "eval": evaluate}
+  parser.epilog = "\n".join(
+      ["commands:"] + [f"  {p.format_usage().strip().removeprefix('usage: ')}"
+                       for p in (train, evaluate)]
+      + ["", "`xmodal COMMAND --help` lists a command's flags.", DOCS_LINE])
+  return parser
+
+
+def split_overrides(args: list[str]) -> tuple[list[str], list[tuple[str, str | None]]]:
+  """Pulls `--config.KEY=VALUE`, `--config.KEY VALUE`, `--config.KEY` (bool true) and
+  `--noconfig.KEY` (bool false) out of `args`; returns (other args, [(KEY, VALUE)])."""
+  rest, overrides = [], []
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    if arg.startswith("--noconfig."):
+      overrides.append((arg[len("--noconfig."):], "false"))
+    elif arg.startswith("--config."):
+      key, has_value, value = arg[len("--config."):].partition("=")
+      if not has_value and i + 1 < len(args) and not args[i + 1].startswith("--"):
+        i, value, has_value = i + 1, args[i + 1], True
+      overrides.append((key, value if has_value else None))
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
 
 
 def main(argv=None) -> int:
   argv = list(sys.argv if argv is None else argv)
-  if len(argv) < 2 or argv[1] not in ("train", "eval"):
-    print(USAGE, file=sys.stderr)
+  parser = _parser()
+  # Old key names (--config.init.from=...) are rewritten to the new ones first.
+  rest, overrides = split_overrides(config_lib.rename_overrides(argv[1:]))
+  args, unknown = parser.parse_known_args(rest)
+  if args.command is None:
+    parser.print_help(sys.stderr)
     return 2
-  command = argv.pop(1)
-  argv = rename_overrides(argv)
-  try:
-    flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"xmodal {command}: {e}", file=sys.stderr)
-    return 2
+  if unknown:
+    parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+  given = [args.coordinator is not None, args.num_processes is not None,
+           args.process_id is not None]
+  if any(given) and not all(given):
+    parser.commands[args.command].error("--coordinator, --num_processes and --process_id go "
+                                        "together")
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-  from xmodal import config as config_lib, parallel
+  from xmodal import default_config
+  from xmodal.data import manifest, sources
   try:
-    parallel.initialize_distributed(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
-                                    flags.FLAGS.process_id)
-    if command == "train":
-      from xmodal import train
-      train.train(flags.FLAGS.config, flags.FLAGS.workdir)
+    if args.command == "train":
+      config = config_cli.load_file(args.config) if args.config else default_config.get_config()
+      config_lib.upgrade(config)                        # keys renamed since the file was written
+      config_cli.apply_overrides(config, overrides)     # before JAX is imported: fast errors
+      from xmodal import parallel, train
+      parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+      train.train(config, args.workdir)
     else:
-      from xmodal import evaluate_run
-      evaluate_run.evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.step)
-  except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
-    print(f"xmodal {command}: error: {e}", file=sys.stderr)
+      from xmodal import evaluate_run, parallel
+      request = evaluate_run.eval_config(args.workdir, args.config, overrides)
+      parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+      evaluate_run.evaluate_workdir(args.workdir, args.step, request)
+  except (config_lib.ConfigError, config_lib.WorkdirError) as e:   # what was asked: usage
+    print(f"xmodal {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  except (sources.SourceError, manifest.ManifestError) as e:        # the data
+    print(f"xmodal {args.command}: error: {e}", file=sys.stderr)
     return 1
   return 0
 

@@ -23,6 +23,10 @@ _READY_SOURCES = ("synthetic", "features")
 RESERVED_BATCH_KEYS = ("label", "skipped", "epoch", "source", "group", "caption")
 
 
+class WorkdirError(FileNotFoundError):
+  """A workdir lacks what was asked of it (its config.json, any checkpoint, a given step)."""
+
+
 # Keys renamed since runs were saved: old dotted name -> new. Saved workdirs (config.json),
 # older config files and command-line overrides spelled the old way keep working (`upgrade`,
 # `rename_overrides`). init.from: `from` is a Python keyword, so ml_collections cannot parse
@@ -214,6 +218,9 @@ def validate(config, num_devices: int) -> None:
   source = config.init.source
   if source and not os.path.exists(os.path.expanduser(source)):
     raise ConfigError(f"config.init.source: no such file or directory {source!r}")
+  if config.init.map and not source:    # else the map would silently do nothing
+    raise ConfigError("config.init.map: set, but config.init.source is empty: nothing to map "
+                      "from; set config.init.source to converted weights or a workdir")
   for pair in config.init.map:
     if len(pair) != 2 or not all(isinstance(p, str) for p in pair):
       raise ConfigError(f"config.init.map: {pair!r} must be (dst_regex, src_template)")
@@ -223,11 +230,7 @@ def validate(config, num_devices: int) -> None:
         re.compile(pattern)
       except (re.error, TypeError) as e:
         raise ConfigError(f"config.{field}: {pattern!r} is not a regex ({e})") from None
-  if config.eval.classnames and not os.path.exists(config.eval.classnames):
-    raise ConfigError(f"config.eval.classnames: no such file {config.eval.classnames!r}")
-  for template in config.eval.templates:
-    if "{}" not in template:
-      raise ConfigError(f"config.eval.templates: {template!r} has no '{{}}' for the class name")
+  _validate_eval_prompts(config)
 
 
 def _check_files(name: str, pattern: str, why: str):
@@ -260,6 +263,36 @@ def _check_kind(config, kind: str, split: str, field: str, pattern: str):
       raise ConfigError(f"config.data.tfds_data_dir: no such folder {d.tfds_data_dir!r}")
 
 
+def _validate_eval_split(config):
+  d = config.data
+  kind = d.eval_source or d.source
+  if kind == "manifest":
+    field = "data.eval_files" if d.eval_files else "data.eval_manifest"
+    _check_kind(config, "manifest", "eval", field, d.eval_files or d.eval_manifest)
+  elif kind == "tfds":
+    _check_kind(config, "tfds", "eval", "data.tfds_eval_split", d.tfds_eval_split)
+  elif kind not in ("shapes", "synthetic"):
+    _check_kind(config, kind, "eval", "data.eval_files", d.eval_files)
+
+
+def _validate_eval_prompts(config):
+  if config.eval.classnames and not os.path.exists(config.eval.classnames):
+    raise ConfigError(f"config.eval.classnames: no such file {config.eval.classnames!r}")
+  for template in config.eval.templates:
+    if "{}" not in template:
+      raise ConfigError(f"config.eval.templates: {template!r} has no '{{}}' for the class name")
+
+
+def validate_eval(config) -> None:
+  """What `xmodal eval` needs of a trained run's config with new evaluation fields: their
+  declared types, choices and ranges, the eval split's files and the zero-shot prompts (the
+  training split need not exist any more)."""
+  for section in ("data", "eval"):
+    fields.check(config[section], default_config.SCHEMA[section], section + ".")
+  _validate_eval_split(config)
+  _validate_eval_prompts(config)
+
+
 def _validate_data(config):
   d = config.data
   from xmodal.data import pipeline, tokenizer
@@ -281,15 +314,7 @@ def _validate_data(config):
     _check_kind(config, "tfds", "train", "data.tfds_train_split", d.tfds_train_split)
   elif d.source not in ("shapes", "synthetic"):
     _check_kind(config, d.source, "train", "data.train_files", d.train_files)
-  # Eval split.
-  kind = d.eval_source or d.source
-  if kind == "manifest":
-    field = "data.eval_files" if d.eval_files else "data.eval_manifest"
-    _check_kind(config, "manifest", "eval", field, d.eval_files or d.eval_manifest)
-  elif kind == "tfds":
-    _check_kind(config, "tfds", "eval", "data.tfds_eval_split", d.tfds_eval_split)
-  elif kind not in ("shapes", "synthetic"):
-    _check_kind(config, kind, "eval", "data.eval_files", d.eval_files)
+  _validate_eval_split(config)
   # Images and text.
   if d.image_dtype == "uint8" and d.normalize != "none":
     raise ConfigError(f"config.data.normalize: {d.normalize!r} needs data.image_dtype="

@@ -108,10 +108,10 @@ def defaults(schema: dict) -> ml_collections.ConfigDict:
       for key, spec in schema.items()})
 
 
-def closest(key: str, known) -> str:
-  """'; did you mean X?' for the known key nearest a typo, or ''."""
+def closest(key: str, known, prefix: str = "") -> str:
+  """'; did you mean config.<prefix>X?' for the known key X nearest a typo, or ''."""
   match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
-  return f"; did you mean {match[0]!r}?" if match else ""
+  return f"; did you mean config.{prefix}{match[0]}?" if match else ""
 
 
 def check(node, schema: dict, prefix: str = "", skip: tuple = ()) -> None:
@@ -123,8 +123,8 @@ def check(node, schema: dict, prefix: str = "", skip: tuple = ()) -> None:
       continue
     name = f"{prefix}{key}"
     if key not in schema:
-      raise ConfigError(f"config.{name}: unknown key{closest(key, schema)} (known keys here: "
-                        f"{', '.join(sorted(schema))})")
+      hint = closest(key, schema, prefix) or f" (known keys here: {', '.join(sorted(schema))})"
+      raise ConfigError(f"config.{name}: unknown key{hint}")
     value, spec = node[key], schema[key]
     if isinstance(spec, dict):
       if not isinstance(value, (ml_collections.ConfigDict, dict)):

@@ -9,23 +9,28 @@ destination param whose name fully matches dst_regex takes the source param name
 source param takes it. Names are compared in the unscanned layout (`.../block_3/...`), so
 scanned and unscanned runs can initialise each other. Learned image position embeddings are
 interpolated when the grids differ. Anything a pattern names but cannot find raises
-ValueError.
+ConfigError naming the field.
 
 Without a map, `resolve(config)` first carries onto the config what the source's weights
 fix (before validation, so the run's config.json records it): each text tower's
 `context_length` (its position table) and a `loss.max_scale` that admits the source's
 `logit_scale` (SigLIP checkpoints carry ~110-120; the optimizer clamps the parameter to
 max_scale after each step, optim.clamp_scale).
+
+`check_frozen` then refuses frozen weight matrices (`config.train.frozen`) that init did not
+load: they would stay random for the whole run (LiT without its weights).
 """
 
 import json
+import logging
 import os
 import re
 
 import jax
 import numpy as np
 
-from xmodal import config as config_lib, convert
+from xmodal import config as config_lib, convert, optim
+from xmodal.config import ConfigError
 from xmodal.models import layers, vit
 
 PARAMS_FILE = "params.safetensors"     # what tools/convert_weights.py writes in its folder
@@ -56,8 +61,8 @@ def read_source(source: str) -> dict:
   elif _safetensors_file(source):
     flat = convert.load_safetensors(_safetensors_file(source))
   else:
-    raise ValueError(f"config.init.source: {source!r} is neither a .safetensors file, a "
-                     f"folder of tools/convert_weights.py output nor an xmodal workdir")
+    raise ConfigError(f"config.init.source: {source!r} is neither a .safetensors file, a "
+                      f"folder of tools/convert_weights.py output nor an xmodal workdir")
   return convert.flatten(_unscan(convert.unflatten(flat)))
 
 
@@ -132,8 +137,8 @@ def _fit(name, value, shape):
       old, new = int(round((n_old - prefix) ** 0.5)), int(round((n_new - prefix) ** 0.5))
       if old * old == n_old - prefix and new * new == n_new - prefix:
         return vit.resize_pos_embed(value, (new, new), num_prefix=prefix)
-  raise ValueError(f"init: {name} has shape {tuple(value.shape)} in the source, "
-                   f"{tuple(shape)} in the model")
+  raise ConfigError(f"config.init.source: {name} has shape {tuple(value.shape)} in the source, "
+                    f"{tuple(shape)} in the model")
 
 
 def assign(params, source: dict, mapping=()) -> tuple[dict, list[str]]:
@@ -150,19 +155,19 @@ def assign(params, source: dict, mapping=()) -> tuple[dict, list[str]]:
           continue
         src = m.expand(src_tpl)
         if src not in source:
-          raise ValueError(f"config.init.map: {dst_rx!r} -> {src_tpl!r} wants source param "
-                           f"{src!r}, which {len(source)} source params do not include")
+          raise ConfigError(f"config.init.map: {dst_rx!r} -> {src_tpl!r} wants source param "
+                            f"{src!r}, which {len(source)} source params do not include")
         replaced[name] = _fit(name, source[src], dst[name].shape)
         hits += 1
       if not hits:
-        raise ValueError(f"config.init.map: {dst_rx!r} matches no model parameter")
+        raise ConfigError(f"config.init.map: {dst_rx!r} matches no model parameter")
   else:
     for name in dst:
       if name in source:
         replaced[name] = _fit(name, source[name], dst[name].shape)
     if not replaced:
-      raise ValueError("config.init.source: no source parameter has a model parameter's "
-                       "name; give config.init.map")
+      raise ConfigError("config.init.source: no source parameter has a model parameter's "
+                        "name; give config.init.map")
   dst.update(replaced)
   new = convert.unflatten(dst)
   # Back to the model's own (possibly scanned) layout.
@@ -180,8 +185,43 @@ def assign(params, source: dict, mapping=()) -> tuple[dict, list[str]]:
 
 
 def load_into(params, source: str, mapping=()):
-  """Device params -> the same tree with mapped leaves from `source`, on the same shardings."""
+  """Device params -> (the same tree with mapped leaves from `source`, on the same
+  shardings; the names loaded, unscanned as `assign` gives them)."""
   new, names = assign(params, read_source(source), mapping)
   print(f"init: {len(names)} params from {source}", flush=True)
   return jax.tree.map(lambda old, v: jax.device_put(np.asarray(v, old.dtype), old.sharding),
-                      params, new)
+                      params, new), names
+
+
+def _model_layout(name: str, model_names: set) -> str:
+  """An unscanned name (".../block_3/...") as the model names it: scanned towers stack
+  their blocks under ".../blocks/..."."""
+  scanned = re.sub(r"/block_\d+/", "/blocks/", name)
+  return scanned if scanned in model_names else name
+
+
+def check_frozen(config, params, loaded=()) -> None:
+  """Frozen params (config.train.frozen) that init did not load keep their initial values
+  for the whole run. For weight matrices (ndim >= 2) that is a LiT run without its weights:
+  ConfigError. For scalars and vectors (a fixed temperature, norm scales) it can be meant:
+  one warning line. `loaded`: the names `load_into` returned."""
+  if not config.train.frozen:
+    return
+  names = optim.param_names(params)
+  done = {_model_layout(n, set(names)) for n in loaded}
+  labels = jax.tree.leaves(optim.frozen_labels(config)(params))
+  random = [(n, p.ndim) for n, p, label in zip(names, jax.tree.leaves(params), labels)
+            if label == optim.FROZEN and n not in done]
+  matrices = [n for n, ndim in random if ndim >= 2]
+  source = config.init.source or "nothing (config.init.source is empty)"
+  if matrices:
+    raise ConfigError(
+        f"config.train.frozen: {len(matrices)} frozen weight matrices (e.g. {matrices[0]}) "
+        f"are not loaded from {source}, so they would stay random for the whole run; set "
+        f"config.init.source (and config.init.map) to weights that cover them, or narrow "
+        f"config.train.frozen / config.train.unfrozen")
+  if random:
+    shown = ", ".join(n for n, _ in random[:5])
+    logging.warning("config.train.frozen: frozen params not loaded from %s keep their initial "
+                    "values: %s", source,
+                    shown + (f" ({len(random)} in all)" if len(random) > 5 else ""))

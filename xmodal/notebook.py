@@ -32,7 +32,7 @@ CONVERTED_PARAMS = "params.safetensors"
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: not found; is {workdir!r} an xmodal workdir?")
+    raise config_lib.WorkdirError(f"{path}: not found; is {workdir!r} an xmodal workdir?")
   with open(path) as f:
     return config_lib.upgrade(ml_collections.ConfigDict(json.load(f)))
 
@@ -174,14 +174,18 @@ class LoadedModel:
             f"params={n / 1e6:.2f}M, devices={self.mesh.size})")
 
 
-def load(path: str, step: int | None = None, devices=None,
-         tokenizer: str | None = None) -> LoadedModel:
+def load(path: str, step: int | None = None, devices=None, tokenizer: str | None = None,
+         config=None) -> LoadedModel:
   """A run directory at its newest checkpoint (or `step`), or converted weights (a folder
   or its params.safetensors), on `devices` (default: all). `tokenizer` (a file, or
-  "bytes") replaces the run's tokenizer; converted weights need it to encode text."""
+  "bytes") replaces the run's tokenizer; converted weights need it to encode text.
+  `config` replaces a run's saved config (same model; `xmodal eval` passes new eval
+  fields)."""
   converted = None if os.path.isfile(os.path.join(path, "config.json")) else (
       converted_files(path))
-  if converted:
+  if config is not None:
+    pass
+  elif converted:
     config = converted_config(converted[1])
   else:
     config = load_config(path)

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from xmodal.config import ConfigError
+
 FROZEN, TRAINABLE = "frozen", "trainable"
 
 
@@ -20,7 +22,7 @@ def param_names(params) -> list[str]:
 
 def frozen_labels(config):
   """A function params -> tree of "frozen"/"trainable" labels from config.train.frozen and
-  config.train.unfrozen (regexes, full match). Raises ValueError naming any pattern that
+  config.train.unfrozen (regexes, full match). Raises ConfigError naming any pattern that
   matches no parameter."""
   frozen, unfrozen = tuple(config.train.frozen), tuple(config.train.unfrozen)
 
@@ -29,7 +31,7 @@ def frozen_labels(config):
     for field, patterns in (("frozen", frozen), ("unfrozen", unfrozen)):
       for pattern in patterns:
         if not any(re.fullmatch(pattern, n) for n in names):
-          raise ValueError(
+          raise ConfigError(
               f"config.train.{field}: pattern {pattern!r} matches no parameter; names look "
               f"like {names[:3]}")
     def label(name):

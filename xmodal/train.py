@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from xmodal import checkpoint, config as config_lib, embed, evaluate, losses, metrics as metrics_lib
-from xmodal import init as init_lib, microbatch, optim, parallel, sharding
+from xmodal import init as init_lib, microbatch, optim, parallel, progress, sharding
 from xmodal.data import pipeline
 from xmodal.models import model as model_lib
 
@@ -73,6 +73,20 @@ FIXED_CHANGES = ("train.frozen", "train.unfrozen")   # change the optimizer stat
 def save_config(config, workdir: str) -> None:
   """Writes workdir/config.json; if the workdir already holds a run, first checks that the
   config is the same run (only RESUMABLE_CHANGES may differ)."""
+  check_config(config, workdir)
+  write_config(config, workdir)
+
+
+def write_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+
+
+def check_config(config, workdir: str) -> None:
+  """Raises ConfigError if the workdir holds a run that `config` is not (only
+  RESUMABLE_CHANGES may differ). Reads only."""
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -86,10 +100,6 @@ def save_config(config, workdir: str) -> None:
         raise config_lib.ConfigError(
             f"config.{key}: the workdir {workdir} holds a run with {key}={before!r}, "
             f"but this config has {now.get(key)!r}; use another --workdir to start a new run")
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      f.write(config.to_json(indent=2))
 
 
 def _schema_defaults(config) -> dict:
@@ -129,7 +139,9 @@ def _train(config, workdir: str, mesh) -> dict:
   tx = optim.make_optimizer(config)
   schedule = optim.schedule(config)
   objective = losses.make_objective(config, mesh)
-  save_config(config, workdir)
+  # Nothing is written to the workdir before the first step has run (config.json after
+  # it, the writer and checkpointer on first use): a start that fails leaves it as it was.
+  check_config(config, workdir)
   writer = metrics_lib.MetricWriter(workdir)
   modalities = list(config.towers)           # batch keys: one per tower
   # ... and the group ids when rows of one record are each other's positives.
@@ -169,12 +181,14 @@ def _train(config, workdir: str, mesh) -> dict:
   else:
     start = 0
     state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(config.seed))
+    loaded = []
     if config.init.source:
-      state["params"] = init_lib.load_into(state["params"], config.init.source,
-                                           config.init.map)
+      state["params"], loaded = init_lib.load_into(state["params"], config.init.source,
+                                                   config.init.map)
       state["opt_state"] = jax.jit(tx.init, out_shardings=state_sharding["opt_state"])(
           state["params"])
       print(f"initialised from {config.init.source}", flush=True)
+    init_lib.check_frozen(config, state["params"], loaded)
   skipped_total = meta["skipped"] if meta is not None else 0      # over all processes
   eval_data = pipeline.eval_arrays(config)
   embedder = embed.Embedder(model, mesh, config.eval.batch_size)
@@ -205,9 +219,9 @@ def _train(config, workdir: str, mesh) -> dict:
   pending = []                      # per-step metrics (device arrays) since the last log
   skipped_local = 0                 # this process's bad rows since the last log/checkpoint
   epoch = 0                         # the newest epoch this process has read from
-  interval_start, interval_steps = time.time(), 0
+  clock = progress.Clock(start, total, config.batch_size, bar=jax.process_index() == 0)
   for step in range(start, total):
-    local = next(data_iter)
+    local = clock.next(data_iter)
     skipped_local += int(local["skipped"].sum())
     epoch = max(epoch, int(local["epoch"].max()))
     batch = parallel.global_batch(mesh, {k: local[k] for k in batch_keys})
@@ -216,10 +230,10 @@ def _train(config, workdir: str, mesh) -> dict:
     done = step + 1
     if step == start:               # the first call compiles: timed apart from the rest
       jax.block_until_ready(state)
-      writer.write(done, {"compile_time_s": time.time() - interval_start}, "first step: ")
-      interval_start, interval_steps = time.time(), 0
+      write_config(config, workdir)  # the run exists from here on (checked at setup)
+      writer.write(done, {"compile_time_s": clock.first_step_done()}, "first step: ")
     else:
-      interval_steps += 1
+      clock.step_done()
 
     log_now = done % config.train.log_every == 0 or done == total
     save_now = done % config.train.checkpoint_every == 0 or done == total
@@ -229,16 +243,13 @@ def _train(config, workdir: str, mesh) -> dict:
     if log_now:
       fetched = jax.device_get(pending)
       logged = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      step_time = (time.time() - interval_start) / max(interval_steps, 1)
-      logged.update({"step_time_s": step_time, "steps_per_s": 1.0 / step_time,
-                     "examples_per_s": config.batch_size / step_time,
-                     "eta_s": step_time * (total - done), "data/skipped": skipped_total,
-                     "data/epoch": epoch})
+      logged.update(clock.interval(done, logged["loss"]))
+      logged.update({"data/skipped": skipped_total, "data/epoch": epoch})
       writer.write(done, logged)
-      pending, interval_start, interval_steps = [], time.time(), 0
+      pending = []
 
     if config.train.eval_every and done % config.train.eval_every == 0 and done != total:
-      interval_start += run_eval(done)["eval/time_s"]   # keep eval out of steps/s
+      clock.exclude(run_eval(done)["eval/time_s"])   # keep eval out of steps/s
     if save_now:
       consumed = (stream["first_example"] + (done - stream["step"]) * config.batch_size
                   + skipped_total - stream["skipped"])
@@ -248,6 +259,7 @@ def _train(config, workdir: str, mesh) -> dict:
           "stream": stream}, force=True)
 
   # ---------------------------------------------------------------- finish
+  clock.close()
   ckpt.wait()
   final = run_eval(int(state["step"]))
   ckpt.close()

@@ -258,7 +258,7 @@ class _SkipBadIterator(grain.DatasetIterator):
         skipped += 1
         self._log_bad(element["_bad"])
         if skipped >= MAX_CONSECUTIVE_BAD:
-          raise RuntimeError(
+          raise sources.SourceError(
               f"{skipped} unreadable examples in a row (last: {element['_bad']}); the data "
               "is broken or misconfigured (check data.source / file patterns / keys)")
         continue
@@ -413,7 +413,7 @@ def eval_arrays(config, max_examples: int | None = None, split: str = "eval") ->
     examples.append(ex)
     captions.append(prep._captions(record["caption"])[0])
   if not examples:
-    raise ValueError(f"the eval split of {source!r} has no readable examples")
+    raise sources.SourceError(f"the eval split of {source!r} has no readable examples")
   out = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
   out["caption"] = captions
   out["skipped"] = skipped
@@ -421,12 +421,13 @@ def eval_arrays(config, max_examples: int | None = None, split: str = "eval") ->
 
 
 def classnames(config) -> tuple[str, ...] | None:
-  """Zero-shot class names: the embedded dataset's, or config.eval.classnames' lines."""
-  if config.data.source == "shapes":
-    return shapes.CLASSNAMES
+  """Zero-shot class names: config.eval.classnames' lines, else the embedded dataset's when
+  the eval split is `shapes`."""
   if config.eval.classnames:
     with open(config.eval.classnames, encoding="utf-8") as f:
       return tuple(line.strip() for line in f if line.strip())
+  if (config.data.eval_source or config.data.source) == "shapes":
+    return shapes.CLASSNAMES
   return None
 
 

@@ -1,7 +1,7 @@
 """Evaluators over a held-out split: cross-modal retrieval for every loss pair, and
 zero-shot classification when the towers are an image and a text tower with class names.
 
-`run(config, embedder, params, data)` -> flat metrics {"retrieval/image->text/R@1": ..,
+`run(config, embedder, params, data)` -> flat metrics {"retrieval/image_to_text/R1": ..,
 "zeroshot/top1": .., ...}; `data` is `pipeline.eval_arrays(config)`.
 """
 
@@ -30,10 +30,14 @@ def run(config, embedder, params, data) -> tuple[dict, dict]:
     if has_labels and pipeline.ready_source(config, "eval"):
       for q, g in ((a, b), (b, a)):
         nearest = np.argmax(z[q] @ z[g].T, axis=1)
-        metrics[f"retrieval/{q}->{g}/class_top1"] = float(np.mean(labels[nearest] == labels))
+        metrics[f"retrieval/{q}_to_{g}/class_top1"] = float(np.mean(labels[nearest] == labels))
   names = pipeline.classnames(config)
   kinds = sorted(t.kind for t in config.towers.values())
   if names is not None and has_labels and kinds == ["text", "vit"]:
+    if labels.max() >= len(names):
+      raise config_lib.ConfigError(
+          f"config.eval.classnames: {len(names)} class names, but the eval split has label "
+          f"{int(labels.max())}; give one name per class, in label order")
     image_key, text_key = pipeline.modality_names(config)
     tok = tokenizer_lib.get_tokenizer(config)
     class_emb = zeroshot.class_embeddings(
