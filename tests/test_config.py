@@ -226,6 +226,6 @@ def test_init_from_override_works_as_documented(tmp_path):
   result = subprocess.run([sys.executable, "-m", "xmodal.cli", "train",
                            f"--config.init.from={missing}", f"--workdir={tmp_path / 'run'}"],
                           capture_output=True, text=True, timeout=120)
-  assert result.returncode == 1, result.stderr
+  assert result.returncode == 2, result.stderr
   assert result.stderr.strip().splitlines() == [
       f"xmodal train: error: config.init.source: no such file or directory '{missing}'"]
