@@ -11,6 +11,7 @@ that already holds checkpoints is resumed from the newest one. `eval` restores a
 params and evaluates them on the run's held-out split.
 """
 
+import errno
 import logging
 import os
 import sys
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     print(f"xmodal {command}: {e}", file=sys.stderr)
     return 2
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-  from xmodal import config as config_lib, parallel
+  from xmodal import checkpoint, config as config_lib, guard, interrupt, parallel
   try:
     parallel.initialize_distributed(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
                                     flags.FLAGS.process_id)
@@ -53,8 +54,17 @@ def main(argv=None) -> int:
     else:
       from xmodal import evaluate_run
       evaluate_run.evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.step)
-  except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
+  except interrupt.Interrupted as e:        # a checkpoint was saved first
+    print(f"xmodal {command}: {e}", file=sys.stderr)
+    return e.exit_code()
+  except (config_lib.ConfigError, checkpoint.CheckpointError, guard.NonFiniteError,
+          ValueError) as e:
     print(f"xmodal {command}: error: {e}", file=sys.stderr)
+    return 1
+  except OSError as e:                      # a missing file, a full disk, ...
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    print(f"xmodal {command}: error: {e}"
+          + (f" ({checkpoint.free_space(e.filename or '.')})" if full else ""), file=sys.stderr)
     return 1
   return 0
 

@@ -186,8 +186,9 @@ def validate(config, num_devices: int) -> None:
           f"config.loss.pairs: {pair!r} must be 'a:b' with two different tower names from "
           f"{sorted(towers.keys())}")
   _positive(config, "batch_size", "train.total_steps", "train.log_every",
-            "train.checkpoint_every", "train.keep_checkpoints", "optim.lr",
-            "data.image_size", "data.context_length", "model.embed_dim", "eval.batch_size")
+            "train.checkpoint_every", "train.keep_checkpoints", "train.max_nonfinite_steps",
+            "optim.lr", "data.image_size", "data.context_length", "model.embed_dim",
+            "eval.batch_size")
   if config.optim.warmup_steps >= config.train.total_steps:
     raise ConfigError(
         f"config.optim.warmup_steps: {config.optim.warmup_steps} must be below "

@@ -238,6 +238,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
       eval_every=250,                  # 0 = only at the end
       checkpoint_every=250,
       keep_checkpoints=2,
+      # A step with a non-finite loss or gradient is skipped (no update, counted as
+      # train/skipped_steps); this many in a row stop the run with the likely causes.
+      max_nonfinite_steps=20,
       microbatches=1,                  # >1: GradCache, K micro-batches per device shard, same
                                        # gradient with one micro-batch's activations alive
       # LiT / partial fine-tuning: regexes over flattened param names ("image/encoder/...");

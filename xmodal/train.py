@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from xmodal import checkpoint, config as config_lib, embed, evaluate, losses, metrics as metrics_lib
-from xmodal import init as init_lib, microbatch, optim, parallel, sharding
+from xmodal import guard, init as init_lib, interrupt, microbatch, optim, parallel, sharding
 from xmodal.data import pipeline
 from xmodal.models import model as model_lib
 
@@ -47,12 +47,20 @@ def make_train_step(model, tx, objective, schedule, microbatches: int = 1, seed:
       (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    step_metrics = {"loss": loss, **per_pair, "grad_norm": optax.tree.norm(grads),
+    grad_norm = optax.tree.norm(grads)
+    # A non-finite loss or gradient leaves the whole state as it was (guard.py); the step
+    # counter still advances with the data.
+    ok = guard.is_finite(loss, grad_norm)
+    new_state = guard.keep_if(ok, {**state, "params": params, "opt_state": opt_state}, state)
+    new_state["step"] = state["step"] + 1
+    params = new_state["params"]
+    step_metrics = {"loss": loss, **per_pair, "grad_norm": grad_norm,
                     "lr": schedule(state["step"]), "scale": jnp.exp(params["logit_scale"]),
-                    "temperature": jnp.exp(-params["logit_scale"])}
+                    "temperature": jnp.exp(-params["logit_scale"]),
+                    guard.SKIPPED: jnp.logical_not(ok)}
     if "logit_bias" in params:
       step_metrics["bias"] = params["logit_bias"]
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, step_metrics
+    return new_state, step_metrics
 
   return train_step
 
@@ -116,11 +124,11 @@ def train(config, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
   config_lib.validate(config, jax.device_count())
   mesh = parallel.make_mesh(config)
-  with sharding.context(config, mesh):
-    return _train(config, workdir, mesh)
+  with sharding.context(config, mesh), interrupt.StopOnSignal() as signals:
+    return _train(config, workdir, mesh, signals)
 
 
-def _train(config, workdir: str, mesh) -> dict:
+def _train(config, workdir: str, mesh, signals) -> dict:
   # ---------------------------------------------------------------- setup
   model = model_lib.MultiTower(config)
   tx = optim.make_optimizer(config)
@@ -146,25 +154,31 @@ def _train(config, workdir: str, mesh) -> dict:
 
   # ---------------------------------------------------------------- restore or init
   ckpt = checkpoint.Checkpointer(workdir, config.train.keep_checkpoints)
-  start = ckpt.latest_step()
-  meta = ckpt.read_meta(start) if start is not None else None
-  # The iterator's own saved state fits only the same processes and workers; on another
-  # topology the data stream restarts at the same global position instead.
-  same_topology = meta is not None and meta["process_count"] == jax.process_count() and (
-      meta["num_workers"] == config.data.num_workers)
-  stream = {"first_example": 0, "step": 0, "skipped": 0}   # where this data stream began
-  if meta is not None:
+
+  def resume(step):                 # raises if the checkpoint is damaged
+    meta = ckpt.read_meta(step)
+    # The iterator's own saved state fits only the same processes and workers; on another
+    # topology the data stream restarts at the same global position instead.
+    same_topology = meta["process_count"] == jax.process_count() and (
+        meta["num_workers"] == config.data.num_workers)
     stream = meta["stream"] if same_topology else {
-        "first_example": meta["examples_consumed"], "step": start, "skipped": meta["skipped"]}
-  data_iter = iter(pipeline.train_dataset(config, jax.process_index(), jax.process_count(),
-                                          stream["first_example"]))
-  if meta is not None:
-    state = ckpt.restore(start, abstract_state, data_iter if same_topology else None)
+        "first_example": meta["examples_consumed"], "step": step, "skipped": meta["skipped"]}
+    data_iter = iter(pipeline.train_dataset(config, jax.process_index(), jax.process_count(),
+                                            stream["first_example"]))
+    state = ckpt.restore(step, abstract_state, data_iter if same_topology else None)
+    return meta, stream, data_iter, state, same_topology
+
+  start, resumed = ckpt.restore_newest(resume)
+  meta = None
+  if resumed is not None:
+    meta, stream, data_iter, state, same_topology = resumed
     print(f"resumed from {checkpoint.checkpoint_dir(workdir)}/{start}"
           + ("" if same_topology else
              f" (new topology: data from example {stream['first_example']})"), flush=True)
   else:
     start = 0
+    stream = {"first_example": 0, "step": 0, "skipped": 0}   # where this data stream began
+    data_iter = iter(pipeline.train_dataset(config, jax.process_index(), jax.process_count()))
     state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(config.seed))
     if config.init["from"]:
       state["params"] = init_lib.load_into(state["params"], config.init["from"],
@@ -202,15 +216,28 @@ def _train(config, workdir: str, mesh) -> dict:
   pending = []                      # per-step metrics (device arrays) since the last log
   skipped_local = 0                 # this process's bad rows since the last log/checkpoint
   epoch = 0                         # the newest epoch this process has read from
+  nonfinite = guard.SkipCounter(config.train.max_nonfinite_steps, config=config,
+                                before_stop=ckpt.wait, **(meta or {}).get("nonfinite", {}))
   interval_start, interval_steps = time.time(), 0
+
+  def save(done):
+    nonfinite.check()
+    consumed = (stream["first_example"] + (done - stream["step"]) * config.batch_size
+                + skipped_total - stream["skipped"])
+    ckpt.save(done, state, data_iter, {
+        "step": done, "skipped": skipped_total, "process_count": jax.process_count(),
+        "num_workers": config.data.num_workers, "examples_consumed": consumed,
+        "stream": stream, "nonfinite": nonfinite.state()}, force=True)
+
   for step in range(start, total):
     local = next(data_iter)
     skipped_local += int(local["skipped"].sum())
     epoch = max(epoch, int(local["epoch"].max()))
     batch = parallel.global_batch(mesh, {k: local[k] for k in batch_keys})
     state, step_metrics = step_fn(state, batch)
-    pending.append(step_metrics)
     done = step + 1
+    nonfinite.record(done, step_metrics)
+    pending.append(step_metrics)
     if step == start:               # the first call compiles: timed apart from the rest
       jax.block_until_ready(state)
       writer.write(done, {"compile_time_s": time.time() - interval_start}, "first step: ")
@@ -223,6 +250,7 @@ def _train(config, workdir: str, mesh) -> dict:
     if log_now or save_now:         # every process takes part in this sum
       skipped_total += parallel.sum_over_processes(skipped_local)
       skipped_local = 0
+      nonfinite.check()
     if log_now:
       fetched = jax.device_get(pending)
       logged = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
@@ -230,19 +258,21 @@ def _train(config, workdir: str, mesh) -> dict:
       logged.update({"step_time_s": step_time, "steps_per_s": 1.0 / step_time,
                      "examples_per_s": config.batch_size / step_time,
                      "eta_s": step_time * (total - done), "data/skipped": skipped_total,
-                     "data/epoch": epoch})
+                     "data/epoch": epoch, "train/skipped_steps": nonfinite.total})
       writer.write(done, logged)
       pending, interval_start, interval_steps = [], time.time(), 0
 
     if config.train.eval_every and done % config.train.eval_every == 0 and done != total:
       interval_start += run_eval(done)["eval/time_s"]   # keep eval out of steps/s
     if save_now:
-      consumed = (stream["first_example"] + (done - stream["step"]) * config.batch_size
-                  + skipped_total - stream["skipped"])
-      ckpt.save(done, state, data_iter, {
-          "step": done, "skipped": skipped_total, "process_count": jax.process_count(),
-          "num_workers": config.data.num_workers, "examples_consumed": consumed,
-          "stream": stream}, force=True)
+      save(done)
+    if signals.stop_now(sync_point=log_now or save_now):   # SIGINT / SIGTERM: save, stop
+      if not save_now:
+        skipped_total += parallel.sum_over_processes(skipped_local)
+        skipped_local = 0
+        save(done)
+      ckpt.wait()
+      raise interrupt.Interrupted(signals.signum, done, os.path.join(ckpt.directory, str(done)))
 
   # ---------------------------------------------------------------- finish
   ckpt.wait()

@@ -29,8 +29,10 @@ def run(config, embedder, params, data) -> tuple[dict, dict]:
       metrics[f"retrieval/{k}"] = v
     if has_labels and pipeline.ready_source(config, "eval"):
       for q, g in ((a, b), (b, a)):
-        nearest = np.argmax(z[q] @ z[g].T, axis=1)
-        metrics[f"retrieval/{q}->{g}/class_top1"] = float(np.mean(labels[nearest] == labels))
+        s = retrieval.scores(z[q], z[g])
+        nearest = np.argmax(s, axis=1)
+        hit = (labels[nearest] == labels) & np.isfinite(s.max(axis=1))
+        metrics[f"retrieval/{q}->{g}/class_top1"] = float(np.mean(hit))
   names = pipeline.classnames(config)
   kinds = sorted(t.kind for t in config.towers.values())
   if names is not None and has_labels and kinds == ["text", "vit"]:
@@ -43,5 +45,7 @@ def run(config, embedder, params, data) -> tuple[dict, dict]:
       metrics[f"zeroshot/{k}"] = v
     metrics["zeroshot/chance"] = 1.0 / len(names)
   metrics["eval/examples"] = len(labels)
+  # Embeddings with a NaN or inf (every modality): scored as misses above.
+  metrics["eval/nonfinite"] = sum(retrieval.nonfinite_rows(v) for v in z.values())
   metrics["eval/skipped"] = data["skipped"]
   return metrics, z
