@@ -130,3 +130,14 @@ def test_an_interrupted_save_is_removed_on_start_and_user_files_kept(workdir, ca
   assert step == 3
   assert f"removed {tmp}: an unfinished save of an interrupted run" in capsys.readouterr().out
   assert sorted(os.listdir(folder)) == ["1", "2", "3", "notes.txt"]
+
+
+def test_params_only_restore_skips_a_damaged_newest_checkpoint(workdir, capsys):
+  """What `xmodal.load` and `xmodal eval` use: the newest checkpoint whose params restore."""
+  _zero_fill(os.path.join(workdir, "checkpoints", "3"))
+  params, step = checkpoint.restore_params(workdir, _abstract()["params"])
+  assert step == 2
+  np.testing.assert_array_equal(params["b"], np.arange(8.0) + 2)
+  assert "checkpoints/3 does not restore (" in capsys.readouterr().out
+  with pytest.raises(checkpoint.CheckpointError, match="checkpoints/3: does not restore"):
+    checkpoint.restore_params(workdir, _abstract()["params"], step=3)

@@ -12,16 +12,20 @@ from xmodal import default_config, guard, losses, optim, parallel, train
 from xmodal.models import model as model_lib
 
 
-def test_keep_if_keeps_every_leaf_of_the_old_state_when_not_ok():
+def test_update_if_keeps_every_leaf_of_the_old_state_when_not_ok():
   old = {"params": {"w": jnp.ones((2, 3))}, "ema": {"w": jnp.zeros((2, 3))},
          "count": jnp.int32(4)}
-  new = jax.tree.map(lambda x: x + 1, old)
-  new["params"]["w"] = new["params"]["w"].at[0, 0].set(jnp.nan)
-  kept = guard.keep_if(jnp.bool_(False), new, old)
-  taken = guard.keep_if(jnp.bool_(True), new, old)
+
+  def update(state):             # an update that touches every leaf, one with a NaN
+    new = jax.tree.map(lambda x: x + 1, state)
+    new["params"]["w"] = new["params"]["w"].at[0, 0].set(jnp.nan)
+    return new
+
+  step = jax.jit(lambda ok, s: guard.update_if(ok, update, s))
+  kept, taken = step(jnp.bool_(False), old), step(jnp.bool_(True), old)
   for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(old)):
     np.testing.assert_array_equal(a, b)
-  for a, b in zip(jax.tree.leaves(taken), jax.tree.leaves(new)):
+  for a, b in zip(jax.tree.leaves(taken), jax.tree.leaves(update(old))):
     np.testing.assert_array_equal(a, b)
   assert bool(guard.is_finite(jnp.float32(1.0), jnp.float32(2.0)))
   assert not bool(guard.is_finite(jnp.float32(1.0), jnp.float32(jnp.inf)))

@@ -18,11 +18,13 @@ docs/benchmarks/faults.md.
   python tools/fault_injection.py               # every scenario, ~25 min on 2 busy cores
   python tools/fault_injection.py --only kill   # the scenarios whose name contains "kill"
 
-`python tools/fault_injection.py child [--pause=save:STEP|eval] [--marker=FILE] -- ARGS` runs
-`xmodal ARGS` and pauses at one chosen moment, creating FILE first so that a kill lands
-exactly there: `save:STEP` just before Orbax commits checkpoint STEP (its files written into
-the temporary folder, not yet renamed into place); `eval` at the start of an evaluation. The
-test suite uses it for its kill-and-resume tests.
+`python tools/fault_injection.py child [--pause=save:STEP|eval] [--marker=FILE]
+[--fsize_limit=BYTES] -- ARGS` runs `xmodal ARGS` and pauses at one chosen moment, creating
+FILE first so that a kill lands exactly there: `save:STEP` just before Orbax commits
+checkpoint STEP (its files written into the temporary folder, not yet renamed into place);
+`eval` at the start of an evaluation. `--fsize_limit` makes every write past BYTES fail
+(EFBIG), a disk-full stand-in that needs no mount. The test suite uses it for its
+kill-and-resume tests.
 """
 
 import argparse
@@ -53,8 +55,12 @@ def child(argv) -> int:
   parser = argparse.ArgumentParser()
   parser.add_argument("--pause", default="")
   parser.add_argument("--marker", default="")
+  parser.add_argument("--fsize_limit", type=int, default=0)
   args, rest = parser.parse_known_args(argv)
   rest = [a for a in rest if a != "--"]
+  if args.fsize_limit:     # writes past this many bytes fail with EFBIG (a disk-full stand-in)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (args.fsize_limit, args.fsize_limit))
 
   def arrive():
     with open(args.marker, "w"):
@@ -86,10 +92,12 @@ def child(argv) -> int:
   return cli.main(["xmodal"] + rest)
 
 
-def child_command(workdir, config_file, pause="", marker="", extra=()) -> list[str]:
+def child_command(workdir, config_file, pause="", marker="", extra=(), fsize_limit=None):
   cmd = [sys.executable, os.path.abspath(__file__), "child"]
   if pause:
     cmd += [f"--pause={pause}", f"--marker={marker}"]
+  if fsize_limit:
+    cmd += [f"--fsize_limit={fsize_limit}"]
   return cmd + ["--", "train", f"--config={config_file}", f"--workdir={workdir}", *extra]
 
 
@@ -139,6 +147,10 @@ class Env:
                     + os.environ.get("PYTHONPATH", ""))
     self.env["XLA_FLAGS"] = (self.env.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=8").strip()
+    # One persistent compilation cache for every run: only the first one compiles.
+    self.env.update(JAX_COMPILATION_CACHE_DIR=os.path.join(root, "jax-cache"),
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
   def config(self, name, overrides=None, template=CONFIG, **fields):
     path = os.path.join(self.root, f"{name}.py")
@@ -154,10 +166,10 @@ class Env:
         f.write("written by the user\n")
     return path
 
-  def start(self, workdir, config, pause="", extra=(), env=None, **popen):
+  def start(self, workdir, config, pause="", extra=(), env=None, fsize_limit=None, **popen):
     marker = os.path.join(self.root, f"marker-{os.getpid()}-{time.time_ns()}")
     log = open(os.path.join(self.root, f"log-{time.time_ns()}.txt"), "w+")
-    proc = subprocess.Popen(child_command(workdir, config, pause, marker, extra),
+    proc = subprocess.Popen(child_command(workdir, config, pause, marker, extra, fsize_limit),
                             env=dict(self.env, **(env or {})), stdout=log,
                             stderr=subprocess.STDOUT, text=True, **popen)
     proc.marker, proc.log = marker, log
@@ -490,8 +502,7 @@ def s_disk_full(env, ref, rng):
           os.path.join(ref["workdir"], "checkpoints", str(TOTAL)), "**/*")) // 2
     outs = []
     for _ in range(2):           # the second start finds the disk still full
-      rc, out = env.run(workdir, cfg, preexec_fn=_fsize_limit(limit) if limit else None)
-      outs.append((rc, out))
+      outs.append(env.run(workdir, cfg, fsize_limit=limit))
     errors = [error_lines(o)[-1] if error_lines(o) else last_line(o) for _, o in outs]
     row["injected"] = how + "; started twice while full"
     row["outcome"] = f"exit {outs[0][0]}, then {outs[1][0]}: {errors[0][:220]}"
@@ -508,13 +519,6 @@ def s_disk_full(env, ref, rng):
     if mounted:
       subprocess.run(["umount", mount])
   return row
-
-
-def _fsize_limit(limit):
-  def apply():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-  return apply
 
 
 def _dir_bytes(path):

@@ -65,8 +65,8 @@ class Checkpointer:
                                              enable_async_checkpointing=async_save,
                                              cleanup_tmp_directories=True))
     for name in unfinished:
-      print(f"removed {os.path.join(self.directory, name)}: an unfinished save of an "
-            f"interrupted run", flush=True)
+      _say(f"removed {os.path.join(self.directory, name)}: an unfinished save of an "
+           f"interrupted run")
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -115,8 +115,8 @@ class Checkpointer:
         return step, result
       reason = _one_line(error) if error is not None else "did not restore on another process"
       failed.append((step, reason))
-      print(f"checkpoint {os.path.join(self.directory, str(step))} does not restore "
-            f"({reason}); trying the next older one", flush=True)
+      _say(f"checkpoint {os.path.join(self.directory, str(step))} does not restore "
+           f"({reason}); trying the next older one")
     if failed:
       lines = "\n".join(f"  {os.path.join(self.directory, str(s))}: {r}" for s, r in failed)
       raise CheckpointError(f"no checkpoint of this run restores (nothing was moved or "
@@ -137,7 +137,7 @@ class Checkpointer:
         while os.path.exists(target):
           target, n = os.path.join(self.damaged_directory, f"{step}.{n}"), n + 1
         os.rename(os.path.join(self.directory, str(step)), target)
-        print(f"moved the damaged checkpoint {step} to {target}", flush=True)
+        _say(f"moved the damaged checkpoint {step} to {target}")
     parallel.sum_over_processes(0)      # a barrier: every process sees the moves
     self.manager.reload()
 
@@ -162,6 +162,11 @@ class Checkpointer:
     return (f"could not write the checkpoint {path} ({free_space(path)}): "
             f"{_one_line(error, 200)}; training stopped; the next start resumes from "
             + (f"step {newest}" if newest is not None else "the beginning"))
+
+
+def _say(line: str) -> None:
+  if jax.process_index() == 0:
+    print(line, flush=True)
 
 
 def free_space(path: str) -> str:
@@ -266,7 +271,7 @@ def restore_params(workdir: str, abstract_params, step: int | None = None):
         if step is not None or i == len(steps) - 1:
           raise CheckpointError(f"{os.path.join(checkpoint_dir(workdir), str(s))}: does not "
                                 f"restore ({_one_line(e)})") from e
-        print(f"checkpoint {os.path.join(checkpoint_dir(workdir), str(s))} does not restore "
-              f"({_one_line(e)}); trying the next older one", flush=True)
+        _say(f"checkpoint {os.path.join(checkpoint_dir(workdir), str(s))} does not restore "
+             f"({_one_line(e)}); trying the next older one")
   finally:
     manager.close()

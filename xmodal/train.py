@@ -45,13 +45,18 @@ def make_train_step(model, tx, objective, schedule, microbatches: int = 1, seed:
       (loss, per_pair), grads = grad_fn(state["params"], inputs, rng, ids)
     else:
       (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
     grad_norm = optax.tree.norm(grads)
-    # A non-finite loss or gradient leaves the whole state as it was (guard.py); the step
-    # counter still advances with the data.
+
+    def update(state):
+      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+      return {**state, "params": optax.apply_updates(state["params"], updates),
+              "opt_state": opt_state}
+
+    # The whole state transition (an EMA or teacher update added later belongs in here too)
+    # is skipped, every leaf kept, when the loss or the gradient is not finite (guard.py).
+    # The step counter advances either way, with the data.
     ok = guard.is_finite(loss, grad_norm)
-    new_state = guard.keep_if(ok, {**state, "params": params, "opt_state": opt_state}, state)
+    new_state = guard.update_if(ok, update, state)
     new_state["step"] = state["step"] + 1
     params = new_state["params"]
     step_metrics = {"loss": loss, **per_pair, "grad_norm": grad_norm,
