@@ -12,8 +12,9 @@ Saves are asynchronous (training goes on while files are written), every
 
 Faults (a run must lose nothing and never stop with a traceback for them):
 - a save that cannot be written (disk full, quota, permissions) raises `CheckpointError`
-  with one line naming the path and the free space there; the checkpoints written before
-  are intact, and the next start resumes from the newest of them;
+  with one line naming the path and the free space there, from the next `save` or `wait`
+  (the write is asynchronous); the checkpoints written before are intact, and the next
+  start resumes from the newest of them;
 - Orbax writes each save into `{step}.orbax-checkpoint-tmp*` and renames it when complete,
   so a save interrupted by a kill leaves only such a folder: the next start removes it
   (Orbax's `cleanup_tmp_directories`) and says so;

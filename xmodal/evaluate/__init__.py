@@ -19,7 +19,8 @@ def run(config, embedder, params, data) -> tuple[dict, dict]:
   directions, every loss pair). With labels, also class-level top-1: the fraction of
   queries whose nearest item of the other modality has the same label. Zero-shot: an image
   ('vit') and a text tower, labels, and class names (the embedded dataset's or
-  config.eval.classnames)."""
+  config.eval.classnames). Non-finite embeddings never count as matches; how many rows (all
+  modalities) have one is "eval/nonfinite"."""
   labels = data["label"]
   has_labels = bool(np.all(labels >= 0))
   z = {m: embedder(params, m, data[m]) for m in config.towers}
