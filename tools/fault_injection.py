@@ -244,7 +244,8 @@ def complete_steps(workdir) -> list[int]:
 
 
 def temporary(workdir) -> list[str]:
-  return [n for n in os.listdir(os.path.join(workdir, "checkpoints")) if "orbax-checkpoint-tmp" in n]
+  return [n for n in os.listdir(os.path.join(workdir, "checkpoints"))
+          if "orbax-checkpoint-tmp" in n]
 
 
 class Row(dict):
@@ -353,7 +354,8 @@ def _signal_row(env, ref, name, signum, group=False, twice=False, workers=0):
   row["injected"] = (f"{signal.Signals(signum).name}{' twice' if twice else ''} at step "
                      f"{last_step(workdir)}" + (" to the process group" if group else "")
                      + (f" ({workers} grain workers in it)" if workers else ""))
-  row["outcome"] = f"exit {rc} after {time.time() - started:.1f} s: {error_lines(out)[-1] if error_lines(out) else last_line(out)}"
+  said = error_lines(out)[-1] if error_lines(out) else last_line(out)
+  row["outcome"] = f"exit {rc} after {time.time() - started:.1f} s: {said}"
   row.check(tracebacks(out) == 0, "a traceback on the signal")
   if twice:
     row.check(rc == -signum, f"exit {rc}, expected death by the signal")
@@ -396,7 +398,8 @@ def _damage_base(env, ref):
 
 
 def _files(step_dir, pattern):
-  return [f for f in glob.glob(os.path.join(step_dir, pattern), recursive=True) if os.path.isfile(f)]
+  return [f for f in glob.glob(os.path.join(step_dir, pattern), recursive=True)
+          if os.path.isfile(f)]
 
 
 def _zero(files):
@@ -455,10 +458,12 @@ def s_damage_all(env, ref, rng):
   rc, out = env.run(workdir, env.config("base"))
   errors = error_lines(out)
   listed = [line for line in out.splitlines() if line.startswith("  ") and "checkpoints/" in line]
-  row["outcome"] = f"exit {rc}: " + (errors[0] if errors else last_line(out))[:120] + " + one line per checkpoint"
+  row["outcome"] = (f"exit {rc}: " + (errors[0] if errors else last_line(out))[:120]
+                    + " + one line per checkpoint")
   row["resumed"], row["losses"] = "-", "- (nothing to resume)"
   row.check(rc == 1, f"exit {rc}")
-  row.check(len(listed) == len(steps), f"{len(listed)} checkpoint lines for {len(steps)} checkpoints")
+  row.check(len(listed) == len(steps),
+            f"{len(listed)} checkpoint lines for {len(steps)} checkpoints")
   row.check(tracebacks(out) == 0, "a traceback")
   row.check(complete_steps(workdir) == steps, "a checkpoint was moved or deleted")
   row.check(user_files_kept(workdir), "a user file was deleted")
@@ -561,6 +566,15 @@ def expected_skips(config_file) -> int:
   return sum(int(not np.all(np.isfinite(next(it)["image"]))) for _ in range(TOTAL))
 
 
+def finite_params(workdir) -> bool:
+  """Whether the params of the workdir's newest checkpoint are all finite."""
+  import jax
+  import numpy as np
+  from xmodal import notebook
+  return all(np.all(np.isfinite(np.asarray(x)))
+             for x in jax.tree.leaves(notebook.load(workdir).params))
+
+
 def _nonfinite_row(env, name, overrides, processes=1):
   train, evaluation = _features(env)
   cfg = env.config(name.replace(" ", "_"), overrides, FEATURES_CONFIG, train=train, eval=evaluation)
@@ -579,18 +593,18 @@ def _nonfinite_row(env, name, overrides, processes=1):
              for i in range(processes)]
     results = [finish(p) for p in procs]
     rc, out = max(r[0] for r in results), results[0][1]
-  from xmodal import metrics, notebook
-  import numpy as np
+  from xmodal import metrics
   rows = [r for r in metrics.read_jsonl(workdir) if "loss" in r]
   skipped = rows[-1]["train/skipped_steps"] if rows else -1
   lines = [line for line in out.splitlines() if "update skipped" in line]
   final = json.load(open(os.path.join(workdir, "final_metrics.json"))) if rc == 0 else {}
-  finite = all(np.all(np.isfinite(np.asarray(x)))
-               for x in __import__("jax").tree.leaves(notebook.load(workdir).params)) if rc == 0 else False
-  row["outcome"] = (f"exit {rc}; train/skipped_steps={skipped:.0f}, {len(lines)} skip lines; params "
-                    f"finite: {finite}; R@1 {final.get('retrieval/image->text/R@1', float('nan')):.2f}, "
+  finite = rc == 0 and finite_params(workdir)
+  r1 = final.get("retrieval/image->text/R@1", float("nan"))
+  row["outcome"] = (f"exit {rc}; train/skipped_steps={skipped:.0f}, {len(lines)} skip lines; "
+                    f"params finite: {finite}; R@1 {r1:.2f}, "
                     f"eval/nonfinite={final.get('eval/nonfinite')}")
-  row["resumed"], row["losses"] = "-", f"{skipped:.0f} skipped as predicted" if skipped == want else "-"
+  row["resumed"] = "-"
+  row["losses"] = f"{skipped:.0f} skipped as predicted" if skipped == want else "-"
   row.check(rc == 0, f"exit {rc}: {last_line(out)[:200]}")
   row.check(skipped == want and len(lines) == want, f"{skipped} skipped, {want} expected")
   row.check(finite, "non-finite params")
@@ -614,20 +628,18 @@ def s_nonfinite_two_processes(env, ref, rng):
 def s_diverging_lr(env, ref, rng):
   workdir = env.workdir("diverging_lr")
   cfg = env.config("diverging", {"optim.lr": 1e6, "train.max_nonfinite_steps": 5})
-  row = Row(fault="diverging learning rate", injected="optim.lr=1e6 (train.max_nonfinite_steps=5)")
+  row = Row(fault="diverging learning rate",
+            injected="optim.lr=1e6 (train.max_nonfinite_steps=5)")
   rc, out = env.run(workdir, cfg)
   errors = error_lines(out)
   row["outcome"] = f"exit {rc}: {errors[-1][:200] if errors else last_line(out)[:200]}..."
   row["resumed"], row["losses"] = "-", "-"
   row.check(rc == 1, f"exit {rc}")
-  row.check(len(errors) == 1 and "Likely causes" in errors[0] and "optim.lr=1000000.0" in errors[0],
+  row.check(len(errors) == 1 and "Likely causes" in errors[0]
+            and "optim.lr=1000000.0" in errors[0],
             "no one-line stop naming the causes and the learning rate")
   row.check(tracebacks(out) == 0, "a traceback")
-  from xmodal import notebook
-  import numpy as np
-  params = notebook.load(workdir).params
-  row.check(all(np.all(np.isfinite(np.asarray(x))) for x in __import__("jax").tree.leaves(params)),
-            "the newest checkpoint holds NaN or inf")
+  row.check(finite_params(workdir), "the newest checkpoint holds NaN or inf")
   return row
 
 
