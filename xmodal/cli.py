@@ -6,6 +6,7 @@ line and status 1; anything else is a bug and shows its traceback.
 """
 
 import argparse
+import errno
 import logging
 import sys
 
@@ -152,7 +153,28 @@ def main(argv=None) -> int:
   except (sources.SourceError, manifest.ManifestError) as e:        # the data
     print(f"xmodal {args.command}: error: {e}", file=sys.stderr)
     return 1
+  except Exception as e:                                             # noqa: BLE001
+    reported = _run_failure(e)
+    if reported is None:
+      raise                                  # a bug: its traceback
+    message, code = reported
+    print(f"xmodal {args.command}: {message}", file=sys.stderr)
+    return code
   return 0
+
+
+def _run_failure(e: Exception) -> tuple[str, int] | None:
+  """(one line, exit status) for what stops a run without being a bug: a signal (after its
+  checkpoint; 128 + the signal), a checkpoint that cannot be written or restored, too many
+  non-finite steps, a full disk; None for anything else."""
+  from xmodal import checkpoint, guard, interrupt   # noqa: PLC0415 (imported by the run)
+  if isinstance(e, interrupt.Interrupted):
+    return str(e), e.exit_code()
+  if isinstance(e, (checkpoint.CheckpointError, guard.NonFiniteError)):
+    return f"error: {e}", 1
+  if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+    return f"error: {e} ({checkpoint.free_space(e.filename or '.')})", 1
+  return None
 
 
 if __name__ == "__main__":

@@ -297,6 +297,10 @@ SCHEMA = dict(
         eval_every=Field(250, "steps between evaluations; 0 = only at the end", ge=0),
         checkpoint_every=Field(250, "steps between checkpoints", gt=0),
         keep_checkpoints=Field(2, "newest checkpoints kept", gt=0),
+        # A step with a non-finite loss or gradient is skipped (no update, counted as
+        # train/skipped_steps); this many in a row stop the run with the likely causes.
+        max_nonfinite_steps=Field(20, "non-finite steps in a row (each skipped) that stop the "
+                                  "run", ge=1),
         microbatches=Field(1, ">1: GradCache, K micro-batches per device shard, the same "
                            "gradient with one micro-batch's activations alive", gt=0),
         # LiT / partial fine-tuning: regexes over flattened param names.

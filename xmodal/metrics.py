@@ -8,6 +8,7 @@ Rows of older runs are read under the current names (`read_jsonl`).
 """
 
 import json
+import logging
 import os
 import re
 import sys
@@ -48,13 +49,15 @@ class MetricWriter:
     sys.stdout.flush()
     if self._tb is None:
       os.makedirs(self.workdir, exist_ok=True)
+      _end_torn_line(os.path.join(self.workdir, "metrics.jsonl"))
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard", self.run or ""))
     row = {"step": step, "time": time.time(), **({"run": self.run} if self.run else {})}
     with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
       f.write(json.dumps({**row, **scalars}) + "\n")
     for k, v in scalars.items():
-      self._tb.add_scalar(k, v, step)
+      if np.isfinite(v):              # a skipped non-finite step stays in the JSONL row
+        self._tb.add_scalar(k, v, step)
     self._tb.flush()
 
   def close(self):
@@ -67,11 +70,32 @@ def _fmt(v: float) -> str:
 
 
 def read_jsonl(workdir: str) -> list[dict]:
+  """The rows of workdir/metrics.jsonl. A line cut short by a kill during its write is
+  skipped with a warning naming it (a resumed run appends after it)."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [current_names(json.loads(line)) for line in f if line.strip()]
+  rows = []
+  with open(path, errors="replace") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rows.append(current_names(json.loads(line)))
+      except json.JSONDecodeError:
+        logging.warning("%s:%d: ignored a torn line (a write was interrupted): %.60r",
+                        path, number, line.strip())
+  return rows
+
+
+def _end_torn_line(path: str) -> None:
+  """If the file ends inside a line (a kill during a write), ends that line, so that new
+  rows start on a line of their own."""
+  if os.path.exists(path) and os.path.getsize(path):
+    with open(path, "rb+") as f:
+      f.seek(-1, os.SEEK_END)
+      if f.read(1) != b"\n":
+        f.write(b"\n")
 
 
 # Names older runs wrote (TensorBoard mangled them) -> today's.

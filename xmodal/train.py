@@ -15,7 +15,8 @@ import numpy as np
 import optax
 
 from xmodal import checkpoint, config as config_lib, embed, evaluate, losses, metrics as metrics_lib
-from xmodal import init as init_lib, microbatch, optim, parallel, progress, sharding
+from xmodal import guard, init as init_lib, interrupt, microbatch, optim, parallel
+from xmodal import progress, sharding
 from xmodal.data import pipeline
 from xmodal.models import model as model_lib
 
@@ -45,15 +46,27 @@ def make_train_step(model, tx, objective, schedule, microbatches: int = 1, seed:
       (loss, per_pair), grads = grad_fn(state["params"], inputs, rng, ids)
     else:
       (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    grad_norm = optax.tree.norm(grads)
+
+    def update(state):
+      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+      return {**state, "params": optax.apply_updates(state["params"], updates),
+              "opt_state": opt_state}
+
+    # The whole state transition (an EMA or teacher update added later belongs in here too)
+    # is skipped, every leaf kept, when the loss or the gradient is not finite (guard.py).
+    # The step counter advances either way, with the data.
+    ok = guard.is_finite(loss, grad_norm)
+    new_state = guard.update_if(ok, update, state)
+    new_state["step"] = state["step"] + 1
     used = state["params"]            # the scale and bias this step's loss was computed with
-    step_metrics = {"loss": loss, **per_pair, "grad_norm": optax.tree.norm(grads),
+    step_metrics = {"loss": loss, **per_pair, "grad_norm": grad_norm,
                     "lr": schedule(state["step"]), "scale": jnp.exp(used["logit_scale"]),
-                    "temperature": jnp.exp(-used["logit_scale"])}
+                    "temperature": jnp.exp(-used["logit_scale"]),
+                    guard.SKIPPED: jnp.logical_not(ok)}
     if "logit_bias" in used:
       step_metrics["bias"] = used["logit_bias"]
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, step_metrics
+    return new_state, step_metrics
 
   return train_step
 
@@ -129,11 +142,11 @@ def train(config, workdir: str) -> dict:
   init_lib.resolve(config)          # what the weights of init.source fix (max_scale, ...)
   config_lib.validate(config, jax.device_count())
   mesh = parallel.make_mesh(config)
-  with sharding.context(config, mesh):
-    return _train(config, workdir, mesh)
+  with sharding.context(config, mesh), interrupt.StopOnSignal() as signals:
+    return _train(config, workdir, mesh, signals)
 
 
-def _train(config, workdir: str, mesh) -> dict:
+def _train(config, workdir: str, mesh, signals) -> dict:
   # ---------------------------------------------------------------- setup
   model = model_lib.MultiTower(config)
   tx = optim.make_optimizer(config)
@@ -161,25 +174,31 @@ def _train(config, workdir: str, mesh) -> dict:
 
   # ---------------------------------------------------------------- restore or init
   ckpt = checkpoint.Checkpointer(workdir, config.train.keep_checkpoints)
-  start = ckpt.latest_step()
-  meta = ckpt.read_meta(start) if start is not None else None
-  # The iterator's own saved state fits only the same processes and workers; on another
-  # topology the data stream restarts at the same global position instead.
-  same_topology = meta is not None and meta["process_count"] == jax.process_count() and (
-      meta["num_workers"] == config.data.num_workers)
-  stream = {"first_example": 0, "step": 0, "skipped": 0}   # where this data stream began
-  if meta is not None:
+
+  def resume(step):                 # raises if the checkpoint is damaged
+    meta = ckpt.read_meta(step)
+    # The iterator's own saved state fits only the same processes and workers; on another
+    # topology the data stream restarts at the same global position instead.
+    same_topology = meta["process_count"] == jax.process_count() and (
+        meta["num_workers"] == config.data.num_workers)
     stream = meta["stream"] if same_topology else {
-        "first_example": meta["examples_consumed"], "step": start, "skipped": meta["skipped"]}
-  data_iter = iter(pipeline.train_dataset(config, jax.process_index(), jax.process_count(),
-                                          stream["first_example"]))
-  if meta is not None:
-    state = ckpt.restore(start, abstract_state, data_iter if same_topology else None)
+        "first_example": meta["examples_consumed"], "step": step, "skipped": meta["skipped"]}
+    data_iter = iter(pipeline.train_dataset(config, jax.process_index(), jax.process_count(),
+                                            stream["first_example"]))
+    state = ckpt.restore(step, abstract_state, data_iter if same_topology else None)
+    return meta, stream, data_iter, state, same_topology
+
+  start, resumed = ckpt.restore_newest(resume)
+  meta = None
+  if resumed is not None:
+    meta, stream, data_iter, state, same_topology = resumed
     print(f"resumed from {checkpoint.checkpoint_dir(workdir)}/{start}"
           + ("" if same_topology else
              f" (new topology: data from example {stream['first_example']})"), flush=True)
   else:
     start = 0
+    stream = {"first_example": 0, "step": 0, "skipped": 0}   # where this data stream began
+    data_iter = iter(pipeline.train_dataset(config, jax.process_index(), jax.process_count()))
     state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(config.seed))
     loaded = []
     if config.init.source:
@@ -220,14 +239,27 @@ def _train(config, workdir: str, mesh) -> dict:
   skipped_local = 0                 # this process's bad rows since the last log/checkpoint
   epoch = 0                         # the newest epoch this process has read from
   clock = progress.Clock(start, total, config.batch_size, bar=jax.process_index() == 0)
+  nonfinite = guard.SkipCounter(config.train.max_nonfinite_steps, config=config,
+                                before_stop=ckpt.wait, **(meta or {}).get("nonfinite", {}))
+
+  def save(done):
+    nonfinite.check()
+    consumed = (stream["first_example"] + (done - stream["step"]) * config.batch_size
+                + skipped_total - stream["skipped"])
+    ckpt.save(done, state, data_iter, {
+        "step": done, "skipped": skipped_total, "process_count": jax.process_count(),
+        "num_workers": config.data.num_workers, "examples_consumed": consumed,
+        "stream": stream, "nonfinite": nonfinite.state()}, force=True)
+
   for step in range(start, total):
     local = clock.next(data_iter)
     skipped_local += int(local["skipped"].sum())
     epoch = max(epoch, int(local["epoch"].max()))
     batch = parallel.global_batch(mesh, {k: local[k] for k in batch_keys})
     state, step_metrics = step_fn(state, batch)
-    pending.append(step_metrics)
     done = step + 1
+    nonfinite.record(done, step_metrics)
+    pending.append(step_metrics)
     if step == start:               # the first call compiles: timed apart from the rest
       jax.block_until_ready(state)
       write_config(config, workdir)  # the run exists from here on (checked at setup)
@@ -240,23 +272,27 @@ def _train(config, workdir: str, mesh) -> dict:
     if log_now or save_now:         # every process takes part in this sum
       skipped_total += parallel.sum_over_processes(skipped_local)
       skipped_local = 0
+      nonfinite.check()
     if log_now:
       fetched = jax.device_get(pending)
       logged = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
       logged.update(clock.interval(done, logged["loss"]))
-      logged.update({"data/skipped": skipped_total, "data/epoch": epoch})
+      logged.update({"data/skipped": skipped_total, "data/epoch": epoch,
+                     "train/skipped_steps": nonfinite.total})
       writer.write(done, logged)
       pending = []
 
     if config.train.eval_every and done % config.train.eval_every == 0 and done != total:
       clock.exclude(run_eval(done)["eval/time_s"])   # keep eval out of steps/s
     if save_now:
-      consumed = (stream["first_example"] + (done - stream["step"]) * config.batch_size
-                  + skipped_total - stream["skipped"])
-      ckpt.save(done, state, data_iter, {
-          "step": done, "skipped": skipped_total, "process_count": jax.process_count(),
-          "num_workers": config.data.num_workers, "examples_consumed": consumed,
-          "stream": stream}, force=True)
+      save(done)
+    if signals.stop_now(sync_point=log_now or save_now):   # SIGINT / SIGTERM: save, stop
+      if not save_now:
+        skipped_total += parallel.sum_over_processes(skipped_local)
+        skipped_local = 0
+        save(done)
+      ckpt.wait()
+      raise interrupt.Interrupted(signals.signum, done, os.path.join(ckpt.directory, str(done)))
 
   # ---------------------------------------------------------------- finish
   clock.close()

@@ -29,6 +29,7 @@ it as multi-positive group ids when `config_lib.group_positives(config)`.
 
 import dataclasses
 import logging
+import signal
 
 import grain
 import numpy as np
@@ -380,7 +381,8 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1,
   ds = ds.batch(local_batch, drop_remainder=True)
   if config.data.num_workers > 0:
     _mark_flags_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers),
+                        worker_init_fn=_ignore_ctrl_c)
   return ds
 
 
@@ -429,6 +431,12 @@ def classnames(config) -> tuple[str, ...] | None:
   if (config.data.eval_source or config.data.source) == "shapes":
     return shapes.CLASSNAMES
   return None
+
+
+def _ignore_ctrl_c(worker_index: int, worker_count: int) -> None:
+  """In each grain worker: a terminal's Ctrl-C goes to the whole process group; only the
+  main process acts on it (xmodal/interrupt.py), and it stops the workers itself."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _mark_flags_parsed():

@@ -19,7 +19,8 @@ def run(config, embedder, params, data) -> tuple[dict, dict]:
   directions, every loss pair). With labels, also class-level top-1: the fraction of
   queries whose nearest item of the other modality has the same label. Zero-shot: an image
   ('vit') and a text tower, labels, and class names (the embedded dataset's or
-  config.eval.classnames)."""
+  config.eval.classnames). Non-finite embeddings never count as matches; how many rows (all
+  modalities) have one is "eval/nonfinite"."""
   labels = data["label"]
   has_labels = bool(np.all(labels >= 0))
   z = {m: embedder(params, m, data[m]) for m in config.towers}
@@ -29,8 +30,10 @@ def run(config, embedder, params, data) -> tuple[dict, dict]:
       metrics[f"retrieval/{k}"] = v
     if has_labels and pipeline.ready_source(config, "eval"):
       for q, g in ((a, b), (b, a)):
-        nearest = np.argmax(z[q] @ z[g].T, axis=1)
-        metrics[f"retrieval/{q}_to_{g}/class_top1"] = float(np.mean(labels[nearest] == labels))
+        s = retrieval.scores(z[q], z[g])
+        nearest = np.argmax(s, axis=1)
+        hit = (labels[nearest] == labels) & np.isfinite(s.max(axis=1))
+        metrics[f"retrieval/{q}_to_{g}/class_top1"] = float(np.mean(hit))
   names = pipeline.classnames(config)
   kinds = sorted(t.kind for t in config.towers.values())
   if names is not None and has_labels and kinds == ["text", "vit"]:
@@ -47,5 +50,7 @@ def run(config, embedder, params, data) -> tuple[dict, dict]:
       metrics[f"zeroshot/{k}"] = v
     metrics["zeroshot/chance"] = 1.0 / len(names)
   metrics["eval/examples"] = len(labels)
+  # Embeddings with a NaN or inf (every modality): scored as misses above.
+  metrics["eval/nonfinite"] = sum(retrieval.nonfinite_rows(v) for v in z.values())
   metrics["eval/skipped"] = data["skipped"]
   return metrics, z
