@@ -155,4 +155,4 @@ def test_train_on_a_terminal_draws_a_progress_bar_under_the_log_lines(tmp_path):
   text = out.decode(errors="replace")
   assert "\r" in text and "6/6 [" in text and "step/s" in text and "loss=" in text, text
   # The log lines stay whole: tqdm clears the bar, writes the line, draws the bar again.
-  assert re.search(r"\[step 6\] grad_norm=[^\r\n]* data/epoch=0\r\n", text), text
+  assert re.search(r"\[step 6\] grad_norm=[^\r\n]* data/epoch=0 train/skipped_steps=0\r\n", text), text
