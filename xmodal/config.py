@@ -18,7 +18,8 @@ from xmodal.fields import ConfigError  # noqa: F401 (the project's config error 
 # Sources of tower-ready records, no captions (data/pipeline.py READY_SOURCES).
 _READY_SOURCES = ("synthetic", "features")
 # Keys the data pipeline puts in every batch beside the modalities (xmodal/data/pipeline.py).
-RESERVED_BATCH_KEYS = ("label", "skipped", "epoch", "source", "group", "caption")
+RESERVED_BATCH_KEYS = ("label", "skipped", "skipped_reasons", "epoch", "source", "group",
+                       "caption")
 
 
 def _get(config, dotted):

@@ -16,7 +16,7 @@ import optax
 
 from xmodal import checkpoint, config as config_lib, embed, evaluate, losses, metrics as metrics_lib
 from xmodal import init as init_lib, microbatch, optim, parallel, sharding
-from xmodal.data import pipeline
+from xmodal.data import bad as bad_lib, pipeline
 from xmodal.models import model as model_lib
 
 
@@ -173,6 +173,9 @@ def _train(config, workdir: str, mesh) -> dict:
           state["params"])
       print(f"initialised from {config.init['from']}", flush=True)
   skipped_total = meta["skipped"] if meta is not None else 0      # over all processes
+  # ... and by reason (data/skipped/<reason>); checkpoints from before reasons start at 0.
+  by_reason_total = np.asarray((meta or {}).get("skipped_by_reason", [0] * len(
+      bad_lib.REASONS)), np.int64)
   eval_data = pipeline.eval_arrays(config)
   embedder = embed.Embedder(model, mesh, config.eval.batch_size)
   print(f"model: {num_params / 1e6:.2f}M params; towers {list(config.towers)}; "
@@ -201,11 +204,13 @@ def _train(config, workdir: str, mesh) -> dict:
   total = config.train.total_steps
   pending = []                      # per-step metrics (device arrays) since the last log
   skipped_local = 0                 # this process's bad rows since the last log/checkpoint
+  by_reason_local = np.zeros(len(bad_lib.REASONS), np.int64)      # ... by reason
   epoch = 0                         # the newest epoch this process has read from
   interval_start, interval_steps = time.time(), 0
   for step in range(start, total):
     local = next(data_iter)
     skipped_local += int(local["skipped"].sum())
+    by_reason_local = by_reason_local + local[pipeline.SKIPPED_REASONS_KEY].sum(0)
     epoch = max(epoch, int(local["epoch"].max()))
     batch = parallel.global_batch(mesh, {k: local[k] for k in batch_keys})
     state, step_metrics = step_fn(state, batch)
@@ -221,8 +226,10 @@ def _train(config, workdir: str, mesh) -> dict:
     log_now = done % config.train.log_every == 0 or done == total
     save_now = done % config.train.checkpoint_every == 0 or done == total
     if log_now or save_now:         # every process takes part in this sum
-      skipped_total += parallel.sum_over_processes(skipped_local)
-      skipped_local = 0
+      summed = parallel.sum_over_processes(np.concatenate([[skipped_local], by_reason_local]))
+      skipped_total += int(summed[0])
+      by_reason_total = by_reason_total + summed[1:]
+      skipped_local, by_reason_local = 0, np.zeros_like(by_reason_local)
     if log_now:
       fetched = jax.device_get(pending)
       logged = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
@@ -230,7 +237,7 @@ def _train(config, workdir: str, mesh) -> dict:
       logged.update({"step_time_s": step_time, "steps_per_s": 1.0 / step_time,
                      "examples_per_s": config.batch_size / step_time,
                      "eta_s": step_time * (total - done), "data/skipped": skipped_total,
-                     "data/epoch": epoch})
+                     **bad_lib.named(by_reason_total), "data/epoch": epoch})
       writer.write(done, logged)
       pending, interval_start, interval_steps = [], time.time(), 0
 
@@ -240,7 +247,9 @@ def _train(config, workdir: str, mesh) -> dict:
       consumed = (stream["first_example"] + (done - stream["step"]) * config.batch_size
                   + skipped_total - stream["skipped"])
       ckpt.save(done, state, data_iter, {
-          "step": done, "skipped": skipped_total, "process_count": jax.process_count(),
+          "step": done, "skipped": skipped_total,
+          "skipped_by_reason": [int(c) for c in by_reason_total],
+          "process_count": jax.process_count(),
           "num_workers": config.data.num_workers, "examples_consumed": consumed,
           "stream": stream}, force=True)
 

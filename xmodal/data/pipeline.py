@@ -33,6 +33,7 @@ import logging
 import grain
 import numpy as np
 
+from xmodal.data import bad as bad_lib
 from xmodal.data import manifest, shapes, sources, synthetic, tokenizer as tokenizer_lib
 from xmodal.data import transforms
 
@@ -44,6 +45,10 @@ READY_SOURCES = ("synthetic", "features")
 # GROUP_MODULUS (int32; positions within one batch never lie 2**31 apart).
 GROUP_KEY = "group"
 GROUP_MODULUS = 2 ** 31
+
+# batch[SKIPPED_REASONS_KEY]: int32 [b, len(bad.REASONS)], the rows dropped just before each
+# example, by reason (batch["skipped"] is their sum).
+SKIPPED_REASONS_KEY = "skipped_reasons"
 
 SOURCE_KINDS = ("shapes", "manifest", "webdataset", "arrayrecord", "tfds")
 # A run of this many unreadable examples in a row means the data is broken, not noisy:
@@ -142,6 +147,31 @@ def make_source(config, split: str):
   return open_source(kind, pattern, config, split)
 
 
+def usable_captions(caption) -> list[str] | tuple[str, str]:
+  """A caption or list of captions -> the usable ones (non-empty valid UTF-8 text), or
+  (reason, why) when there are none: raw bytes that are not UTF-8 and strings holding lone
+  surrogates (what a JSON "\\ud800" escape parses to) are "not_utf8", blank ones "empty"."""
+  items = list(caption) if isinstance(caption, (list, tuple, np.ndarray)) else [caption]
+  good, why = [], ("empty", "no caption")
+  for c in items:
+    if isinstance(c, (bytes, np.bytes_)):
+      try:
+        c = bytes(c).decode("utf-8")
+      except UnicodeDecodeError as e:
+        why = ("not_utf8", f"caption is not UTF-8 ({e.reason} at byte {e.start})")
+        continue
+    if not isinstance(c, str) or not c.strip():
+      why = ("empty", "empty caption")
+      continue
+    try:
+      c.encode("utf-8")
+    except UnicodeEncodeError as e:
+      why = ("not_utf8", f"caption holds a lone surrogate ({e.reason} at character {e.start})")
+      continue
+    good.append(c)
+  return good or why
+
+
 @dataclasses.dataclass
 class Preprocess(grain.transforms.RandomMap):
   """Record -> example, or {"_bad": reason} when the image or caption cannot be used.
@@ -163,30 +193,18 @@ class Preprocess(grain.transforms.RandomMap):
   image_dtype: str = "uint8"
   normalize: str = "none"
 
-  def _captions(self, caption) -> list[str] | str:
-    """Usable captions, or a string: why there are none."""
-    items = list(caption) if isinstance(caption, (list, tuple, np.ndarray)) else [caption]
-    good, why = [], "no caption"
-    for c in items:
-      if isinstance(c, (bytes, np.bytes_)):
-        try:
-          c = bytes(c).decode("utf-8")
-        except UnicodeDecodeError:
-          why = "caption is not UTF-8"
-          continue
-      if not isinstance(c, str) or not c.strip():
-        why = "empty caption"
-        continue
-      good.append(c)
-    return good or why
+  def _captions(self, caption) -> list[str] | tuple[str, str]:
+    """Usable captions, or (reason, why) when there are none."""
+    return usable_captions(caption)
 
   def random_map(self, record, rng: np.random.Generator):
     extra = {k: np.int32(record[k]) for k in ("epoch", "source", GROUP_KEY) if k in record}
     if "_bad" in record:
-      return {"_bad": record["_bad"], **extra}
+      return {**record, **extra}
+    where = f" ({record['_where']})" if "_where" in record else ""
     captions = self._captions(record["caption"])
-    if isinstance(captions, str):
-      return {"_bad": captions, **extra}
+    if isinstance(captions, tuple):
+      return {**bad_lib.bad(captions[0], captions[1] + where), **extra}
     image = record["image"]
     try:
       if isinstance(image, np.ndarray):
@@ -201,10 +219,12 @@ class Preprocess(grain.transforms.RandomMap):
                                                self.crop_ratio, self.flip)
       else:
         pixels = transforms.decode_center_crop(image, self.image_size)
+    except bad_lib.BadData as e:
+      return {**bad_lib.bad(e.reason, f"{e.detail}{where}"), **extra}
     except Exception as e:  # PIL raises many types for broken or missing files.
-      where = image if isinstance(image, str) else f"{len(image)} bytes" if isinstance(
+      what = image if isinstance(image, str) else f"{len(image)} bytes" if isinstance(
           image, (bytes, bytearray)) else type(image).__name__
-      return {"_bad": f"unreadable image ({where}): {e}", **extra}
+      return {**bad_lib.bad("unreadable", f"unreadable image ({what}){where}: {e}"), **extra}
     pixels = transforms.finalize(np.ascontiguousarray(pixels), self.image_dtype,
                                  self.normalize)
 
@@ -237,34 +257,36 @@ class _SkipBadIterator(grain.DatasetIterator):
       logging.warning("skipping a bad example (%d so far in this reader): %s", self._logged,
                       reason)
 
-  def _fetch(self) -> int:
-    """Pulls parent elements until a good one; fills _pending. Returns skipped count."""
-    skipped = 0
+  def _fetch(self) -> list[str]:
+    """Pulls parent elements until a good one; fills _pending. Returns the skipped rows'
+    reasons."""
+    skipped = []
     while True:
       before = self._parent.get_state()
       element = next(self._parent)
       if "_bad" in element:
-        skipped += 1
-        self._log_bad(element["_bad"])
-        if skipped >= MAX_CONSECUTIVE_BAD:
+        skipped.append(bad_lib.reason_of(element))
+        self._log_bad(f"{skipped[-1]}: {element['_bad']}")
+        if len(skipped) >= MAX_CONSECUTIVE_BAD:
           raise RuntimeError(
-              f"{skipped} unreadable examples in a row (last: {element['_bad']}); the data "
+              f"{len(skipped)} unreadable examples in a row (last: {element['_bad']}); the data "
               "is broken or misconfigured (check data.source / file patterns / keys)")
         continue
       parts = element["_many"] if "_many" in element else [element]
       if not parts:
-        skipped += 1
+        skipped.append("empty")
         continue
       self._pending, self._before, self._taken = parts, before, 0
       return skipped
 
   def __next__(self):
-    skipped = 0
+    skipped = []
     if self._taken >= len(self._pending):
       skipped = self._fetch()
     element = dict(self._pending[self._taken])
     self._taken += 1
-    element["skipped"] = np.int32(skipped)
+    element["skipped"] = np.int32(len(skipped))
+    element[SKIPPED_REASONS_KEY] = bad_lib.counts(skipped)
     for key in ("epoch", "source"):      # int32 for every source (ready records too)
       element[key] = np.int32(element.get(key, 0))
     return element
@@ -386,13 +408,13 @@ def eval_arrays(config, max_examples: int | None = None, split: str = "eval") ->
     return out
   prep = preprocess_for(config, train=False)
   rng = np.random.default_rng(0)
-  examples, captions, skipped = [], [], 0
+  examples, captions, skipped = [], [], []
   for i in range(n):
     record = source[i]
     ex = prep.random_map(record, rng)
     if "_bad" in ex:
-      skipped += 1
-      logging.warning("eval: skipping row %d: %s", i, ex["_bad"])
+      skipped.append(bad_lib.reason_of(ex))
+      logging.warning("eval: skipping row %d (%s): %s", i, skipped[-1], ex["_bad"])
       continue
     ex.pop("epoch", None)
     ex.pop("source", None)
@@ -402,7 +424,8 @@ def eval_arrays(config, max_examples: int | None = None, split: str = "eval") ->
     raise ValueError(f"the eval split of {source!r} has no readable examples")
   out = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
   out["caption"] = captions
-  out["skipped"] = skipped
+  out["skipped"] = len(skipped)
+  out["skipped_reasons"] = bad_lib.named(bad_lib.counts(skipped))
   return out
 
 

@@ -39,6 +39,8 @@ import tarfile
 import msgpack
 import numpy as np
 
+from xmodal.data import bad
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 RECORD_FORMAT = "xmodal record v1"
 
@@ -107,8 +109,11 @@ def _split_key(name: str) -> tuple[str, str]:
 def index_tar(path: str) -> tuple[list[dict], int]:
   """Scans one tar's headers -> ([{ext: (offset, size)} per sample], dropped members).
 
-  A truncated tar keeps the samples whose members lie wholly inside the file; members cut
-  off (or after an unreadable header) are dropped and counted."""
+  A truncated tar keeps the samples whose members lie wholly inside the file. A sample
+  with a member cut off gets "_cut" (it reads as a bad "truncated" record), and the
+  unreadable rest of a damaged shard is one more "_cut" sample, so the rows a truncated
+  shard loses are counted in data/skipped every time the pipeline reaches them (how many
+  samples the lost bytes held cannot be known; they count as one)."""
   size = os.path.getsize(path)
   samples, order, dropped = {}, [], 0
   try:
@@ -125,13 +130,14 @@ def index_tar(path: str) -> tuple[list[dict], int]:
           break
         if not info.isfile():
           continue
-        if info.offset_data + info.size > size:
-          dropped += 1
-          continue
         key, ext = _split_key(info.name)
         if key not in samples:
           samples[key] = {}
           order.append(key)
+        if info.offset_data + info.size > size:
+          dropped += 1
+          samples[key]["_cut"] = (info.offset_data, info.size)
+          continue
         samples[key][ext] = (info.offset_data, info.size)
       end = tf.offset
     # tarfile reads a header cut short as the end of the archive: anything but zero
@@ -139,10 +145,13 @@ def index_tar(path: str) -> tuple[list[dict], int]:
     with open(path, "rb") as f:
       f.seek(end)
       tail = f.read()
-    if tail.strip(b"\0"):
+    if tail.strip(b"\0") and not (order and "_cut" in samples[order[-1]]):
       logging.warning("%s: %d bytes after the last readable member are not a tar member "
-                      "(truncated shard?); skipped", path, len(tail))
+                      "(truncated shard?); skipped and counted as one truncated sample",
+                      path, len(tail))
       dropped += 1
+      samples["_tail"] = {"_cut": (end, len(tail))}
+      order.append("_tail")
   except (tarfile.ReadError, OSError) as e:
     logging.warning("%s: not a readable tar (%s); shard skipped", path, e)
     return [], 1
@@ -163,7 +172,7 @@ class WebDatasetSource:
     self.pattern, self.caption_key, self.label_key = pattern, caption_key, label_key
     self.paths = expand_pattern(pattern)
     columns = {k: [] for k in ("shard", "img", "img_n", "txt", "txt_n", "json", "json_n",
-                               "cls", "cls_n")}
+                               "cls", "cls_n", "cut", "cut_n")}
     self.dropped_members = 0
     # Header scans are I/O-bound: a few threads overlap them on network filesystems.
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -175,7 +184,8 @@ class WebDatasetSource:
         columns["shard"].append(shard)
         for name, member in (("img", image), ("txt", members.get("txt", (-1, -1))),
                              ("json", members.get("json", (-1, -1))),
-                             ("cls", members.get("cls", (-1, -1)))):
+                             ("cls", members.get("cls", (-1, -1))),
+                             ("cut", members.get("_cut", (-1, -1)))):
           columns[name].append(member[0])
           columns[name + "_n"].append(member[1])
     if not columns["shard"]:
@@ -199,16 +209,21 @@ class WebDatasetSource:
   def __getitem__(self, index: int) -> dict:
     ix = {k: v[index] for k, v in self._index.items()}
     path = self.paths[ix["shard"]]
+    if ix["cut"] >= 0:
+      return bad.bad("truncated", f"{path} sample {index}: cut off by the end of a truncated "
+                     f"shard (member at byte {ix['cut']}, {ix['cut_n']} bytes)")
     try:
       with open(path, "rb") as f:
         image = self._read(f, ix["img"], ix["img_n"])
         text = self._read(f, ix["txt"], ix["txt_n"])
         meta = self._read(f, ix["json"], ix["json_n"])
         cls = self._read(f, ix["cls"], ix["cls_n"])
-    except (OSError, EOFError) as e:
-      return {"_bad": f"{path} sample {index}: {e}"}
+    except EOFError as e:
+      return bad.bad("truncated", f"{path} sample {index}: {e}")
+    except OSError as e:
+      return bad.bad("unreadable", f"{path} sample {index}: {e}")
     if image is None:
-      return {"_bad": f"{path} sample {index}: no image member"}
+      return bad.bad("missing_field", f"{path} sample {index}: no image member")
     label, caption = -1, text
     if meta is not None:
       try:
@@ -225,7 +240,8 @@ class WebDatasetSource:
       except (ValueError, UnicodeDecodeError):
         pass
     if caption is None:
-      return {"_bad": f"{path} sample {index}: no caption (.txt or json {self.caption_key!r})"}
+      return bad.bad("missing_field", f"{path} sample {index}: no caption (.txt or json "
+                     f"{self.caption_key!r})")
     return {"image": image, "caption": caption, "label": label}
 
   def __repr__(self):
@@ -303,7 +319,7 @@ class ArrayRecordSource(_LazySource):
     try:
       return decode_record(self.source[index])
     except Exception as e:
-      return {"_bad": f"arrayrecord {self.pattern!r} record {index}: {e}"}
+      return bad.bad("unreadable", f"arrayrecord {self.pattern!r} record {index}: {e}")
 
   def __repr__(self):
     return f"ArrayRecordSource({self.pattern!r}, {len(self.paths)} shards, {len(self)} records)"
@@ -364,7 +380,7 @@ class TfdsSource(_LazySource):
       caption = _lookup(example, self.keys["caption"])
       label = int(_lookup(example, self.keys["label"])) if self.keys["label"] else -1
     except Exception as e:
-      return {"_bad": f"tfds {self.name}[{self.split}] example {index}: {e}"}
+      return bad.bad("unreadable", f"tfds {self.name}[{self.split}] example {index}: {e}")
     if isinstance(image, np.ndarray) and image.dtype == object:
       image = image.item()
     if isinstance(caption, np.ndarray):       # a Sequence of Text: bytes, decoded later

@@ -29,6 +29,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+from xmodal.data import bad
+
 # The loader parallelises over worker processes and read threads; OpenCV's own thread pool
 # on top of that would oversubscribe the cores for these small images.
 cv2.setNumThreads(1)
@@ -50,9 +52,28 @@ def decode(data: bytes | str, target_size: int | None = None) -> Image.Image:
   img = open_image(data)
   if target_size and img.format == "JPEG":
     img.draft("RGB", (target_size, target_size))
-  img = img.convert("RGB")
+  img = to_rgb(img)
   img.load()
   return img
+
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+  """A PIL image of any mode -> RGB. 16-bit grey (PNG) maps to 8 bits by rounding x / 257
+  (65535 -> 255): PIL's own convert clips it at 255, so a 16-bit PNG would decode white.
+  Pixels with no faithful 8-bit mapping (32-bit integers or floats, e.g. TIFF) raise
+  BadData("unsupported") instead of being clipped."""
+  if img.mode == "RGB":
+    return img
+  if img.mode in _SIXTEEN_BIT or (img.mode == "I" and img.format == "PNG"):
+    x = np.asarray(img).astype(np.uint32)
+    return Image.fromarray(((x + 128) // 257).astype(np.uint8)).convert("RGB")
+  if img.mode in ("I", "F"):
+    raise bad.BadData("unsupported", f"{img.format} image in mode {img.mode!r} (32-bit "
+                      f"pixels): no faithful 8-bit mapping")
+  return img.convert("RGB")
 
 
 def sample_crop(width: int, height: int, rng: np.random.Generator, scale=(0.08, 1.0),
@@ -81,8 +102,7 @@ def _reduced(img: Image.Image, box_w: int, box_h: int, size: int) -> tuple[Image
     reduce = _reduction(box_w, box_h, size)
     if reduce > 1:
       img.draft("RGB", (math.ceil(width / reduce), math.ceil(height / reduce)))
-  if img.mode != "RGB":
-    img = img.convert("RGB")
+  img = to_rgb(img)
   img.load()
   return img, width / img.size[0]
 

@@ -44,4 +44,6 @@ def run(config, embedder, params, data) -> tuple[dict, dict]:
     metrics["zeroshot/chance"] = 1.0 / len(names)
   metrics["eval/examples"] = len(labels)
   metrics["eval/skipped"] = data["skipped"]
+  for key, count in data.get("skipped_reasons", {}).items():   # "data/skipped/<reason>"
+    metrics["eval/" + key.split("/", 1)[1]] = count
   return metrics, z
