@@ -109,7 +109,13 @@ def test_record_format_roundtrip():
   data = sources.encode_record(b"IMG", ["one", "two"], label=4, key="k", meta={"w": 3})
   assert sources.decode_record(data) == {"image": b"IMG", "caption": ["one", "two"], "label": 4}
   with pytest.raises(ValueError):
-    sources.decode_record(sources.msgpack.packb({"caption": "no image"}))
+    sources.decode_record(sources.msgpack.packb(["not", "a", "map"]))
+  # Any fields, numpy arrays included (a record without an image is a bad row only for a
+  # config whose towers read one: tests/test_data_fields.py).
+  wave = np.linspace(-1, 1, 7, dtype=np.float32).reshape(7, 1)
+  back = sources.decode_record(sources.encode_fields({"audio": wave, "caption": "x", "n": 3}))
+  np.testing.assert_array_equal(back["audio"], wave)
+  assert back["audio"].dtype == np.float32 and back["n"] == 3 and back["label"] == -1
 
 
 def test_tfds_source_with_key_mapping(tmp_path):

@@ -12,7 +12,7 @@ import re
 
 import ml_collections
 
-from xmodal import default_config, fields
+from xmodal import default_config, fields, towers as towers_lib
 from xmodal.fields import ConfigError  # noqa: F401 (the project's config error type)
 
 # Sources of tower-ready records, no captions (data/pipeline.py READY_SOURCES).
@@ -62,24 +62,18 @@ def _check_tower(config, modality: str, tower) -> None:
   if not isinstance(tower, ml_collections.ConfigDict):
     raise ConfigError(f"config.towers.{modality}: expected a tower section, got {tower!r}")
   kind = tower.get("kind")
-  if kind not in default_config.tower_kinds():
+  try:
+    module = towers_lib.get(kind)
+  except ConfigError as e:
+    raise ConfigError(f"config.towers.{modality}.kind: {e}") from None
+  fields.check(tower, towers_lib.fields_of(kind), f"towers.{modality}.")
+  if hasattr(module, "check"):
+    module.check(config, modality, tower)
+  elif "num_heads" in tower and tower.width % tower.num_heads:
     raise ConfigError(
-        f"config.towers.{modality}.kind: unknown tower kind {kind!r}"
-        f"{fields.closest(str(kind), default_config.tower_kinds())} (known: "
-        f"{', '.join(default_config.tower_kinds())})")
-  fields.check(tower, default_config.tower_fields(kind), f"towers.{modality}.")
-  size = tower
-  if kind == "vit" and tower.variant:
-    from xmodal.models import vit as vit_lib   # noqa: PLC0415 (keeps config import light)
-    try:
-      size = ml_collections.ConfigDict({**tower.to_dict(), **vit_lib.parse_variant(tower.variant)})
-    except ValueError as e:
-      raise ConfigError(f"config.towers.{modality}.variant: {e}") from None
-  if "num_heads" in size and size.width % size.num_heads:
-    raise ConfigError(
-        f"config.towers.{modality}.width: {size.width} is not divisible by num_heads "
-        f"{size.num_heads}")
-  width = size.features if (kind == "vector" and tower.encoder == "identity") else size.width
+        f"config.towers.{modality}.width: {tower.width} is not divisible by num_heads "
+        f"{tower.num_heads}")
+  width = towers_lib.output_width(tower)
   if tower.get("head") == "none" and width != config.model.embed_dim:
     raise ConfigError(
         f"config.towers.{modality}.head: 'none' needs width {width} == "
@@ -94,12 +88,7 @@ def validate(config, num_devices: int) -> None:
   fields.check(config, default_config.SCHEMA, skip=("towers",))
   for modality, tower in towers.items():
     _check_tower(config, modality, tower)
-  # Data sources the step understands: one image tower and one text tower per example.
-  kinds = sorted(t.kind for t in towers.values())
-  if config.data.source not in _READY_SOURCES and kinds != ["text", "vit"]:
-    raise ConfigError(
-        f"config.towers: data.source={config.data.source!r} gives image/caption pairs, so it "
-        f"needs one 'vit' and one 'text' tower, got kinds {kinds}")
+  _check_record_towers(config)
 
   if config.loss.positives == "group" and not _records_unroll(config):
     raise ConfigError(
@@ -120,16 +109,6 @@ def validate(config, num_devices: int) -> None:
     low_high = _get(config, name)
     if len(low_high) != 2 or not low_high[0] <= low_high[1]:
       raise ConfigError(f"config.{name}: expected (low, high) with low <= high, got {low_high}")
-  vit = [t for t in towers.values() if t.kind == "vit"]
-  for t in vit:
-    patch = t.patch_size
-    if t.variant and "/" in t.variant:
-      patch = int(t.variant.split("/")[1])
-    if config.data.image_size % patch:
-      raise ConfigError(
-          f"config.data.image_size: {config.data.image_size} is not divisible by the ViT "
-          f"patch_size {patch}")
-
   for rule in config.sharding.rules:
     axes = rule[1] if len(rule) == 2 else None
     axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
@@ -178,6 +157,23 @@ def validate(config, num_devices: int) -> None:
   for template in config.eval.templates:
     if "{}" not in template:
       raise ConfigError(f"config.eval.templates: {template!r} has no '{{}}' for the class name")
+
+
+def _check_record_towers(config) -> None:
+  """Sources of records (everything but synthetic / features) feed each tower through its
+  kind's preparer; captions="all" unrolls the captions of one text tower."""
+  if config.data.source in _READY_SOURCES:
+    return
+  for name, tower in config.towers.items():
+    if not hasattr(towers_lib.get(tower.kind), "preparer"):
+      raise ConfigError(
+          f"config.towers.{name}.kind: {tower.kind!r} has no preparer (it reads tower-ready "
+          f"arrays only), so data.source={config.data.source!r} cannot feed it; use "
+          f"data.source='synthetic' or 'features'")
+  text = [n for n, t in config.towers.items() if t.kind == "text"]
+  if config.data.captions == "all" and len(text) != 1:
+    raise ConfigError(f"config.data.captions: 'all' unrolls the captions of one text tower, "
+                      f"but there are {len(text)} ({text})")
 
 
 def _check_files(name: str, pattern: str, why: str):

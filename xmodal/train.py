@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from xmodal import checkpoint, config as config_lib, embed, evaluate, losses, metrics as metrics_lib
-from xmodal import init as init_lib, microbatch, optim, parallel, sharding
+from xmodal import init as init_lib, microbatch, optim, parallel, sharding, towers
 from xmodal.data import bad as bad_lib, pipeline
 from xmodal.models import model as model_lib
 
@@ -98,7 +98,7 @@ def _schema_defaults(config) -> dict:
   tree = json.loads(default_config.get_config().to_json())
   tree["towers"] = {name: json.loads(default_config.tower_defaults(tower.kind).to_json())
                     for name, tower in config.towers.items()
-                    if tower.get("kind") in default_config.tower_kinds()}
+                    if towers.known(tower.get("kind"))}
   return _flatten(tree)
 
 

@@ -29,13 +29,15 @@ it as multi-positive group ids when `config_lib.group_positives(config)`.
 
 import dataclasses
 import logging
+import os
 
 import grain
 import numpy as np
 
-from xmodal.data import bad as bad_lib
-from xmodal.data import manifest, shapes, sources, synthetic, tokenizer as tokenizer_lib
-from xmodal.data import transforms
+from xmodal import towers as towers_lib
+from xmodal.data import bad as bad_lib, decoders
+from xmodal.data import manifest, shapes, sources, synthetic
+from xmodal.towers import text as text_kind
 
 # Sources whose records are already tower inputs ({modality: array, "label"}): no decoding,
 # augmentation or tokenizing, any towers.
@@ -106,9 +108,11 @@ def open_source(kind: str, pattern: str, config, split: str):
     size = d.shapes_train_size if split == "train" else d.shapes_eval_size
     return shapes.ShapesSource(split, size, d.image_size)
   if kind == "manifest":
-    return manifest.ManifestSource(pattern, d.image_key, d.caption_key, d.label_key)
+    return manifest.ManifestSource(pattern, d.image_key, d.caption_key, d.label_key,
+                                   required_fields(config))
   if kind == "webdataset":
-    return sources.WebDatasetSource(pattern, d.caption_key, d.label_key)
+    return sources.WebDatasetSource(pattern, d.caption_key, d.label_key,
+                                    required_fields(config))
   if kind == "arrayrecord":
     return sources.ArrayRecordSource(pattern)
   if kind == "tfds":
@@ -147,96 +151,104 @@ def make_source(config, split: str):
   return open_source(kind, pattern, config, split)
 
 
-def usable_captions(caption) -> list[str] | tuple[str, str]:
-  """A caption or list of captions -> the usable ones (non-empty valid UTF-8 text), or
-  (reason, why) when there are none: raw bytes that are not UTF-8 and strings holding lone
-  surrogates (what a JSON "\\ud800" escape parses to) are "not_utf8", blank ones "empty"."""
-  items = list(caption) if isinstance(caption, (list, tuple, np.ndarray)) else [caption]
-  good, why = [], ("empty", "no caption")
-  for c in items:
-    if isinstance(c, (bytes, np.bytes_)):
-      try:
-        c = bytes(c).decode("utf-8")
-      except UnicodeDecodeError as e:
-        why = ("not_utf8", f"caption is not UTF-8 ({e.reason} at byte {e.start})")
-        continue
-    if not isinstance(c, str) or not c.strip():
-      why = ("empty", "empty caption")
-      continue
-    try:
-      c.encode("utf-8")
-    except UnicodeEncodeError as e:
-      why = ("not_utf8", f"caption holds a lone surrogate ({e.reason} at character {e.start})")
-      continue
-    good.append(c)
-  return good or why
+@dataclasses.dataclass(frozen=True)
+class TowerInput:
+  """How one tower is fed from a record: its record `field` (plus the kind's extensions to
+  look for when the field is the default and absent, e.g. a webdataset "wav" member for an
+  audio tower), the decoder ("auto", a decoder name, or None: the kind reads raw values)
+  and the kind's preparer (decoded value, train, rng) -> tower input."""
+  modality: str
+  field: str
+  extensions: tuple
+  decoder: str | None
+  prepare: object
+
+
+def tower_inputs(config) -> tuple[TowerInput, ...]:
+  """The TowerInput of every tower, text towers last (caption sampling then draws from an
+  element's rng after the image crop, so crops and captions are as they always were)."""
+  out = []
+  for name, cfg in config.towers.items():
+    cfg = towers_lib.with_defaults(cfg)
+    module = towers_lib.get(cfg.kind)
+    field = towers_lib.default_field(name, cfg)
+    extensions = () if cfg.get("field") else tuple(getattr(module, "EXTENSIONS", ()))
+    decoder = cfg.get("decoder", "auto") if getattr(module, "DECODE", False) else None
+    out.append(TowerInput(name, field, extensions, decoder, module.preparer(cfg, config)))
+  return tuple(sorted(out, key=lambda t: getattr(towers_lib.get(config.towers[t.modality].kind),
+                                                 "PREPARE_LAST", False)))
+
+
+def required_fields(config) -> tuple[str, ...]:
+  """The record fields a source must provide (checked as it reads a row): the fields set
+  in the config and the kinds' named defaults ("image", "caption"), which every source of
+  image/caption records provides; other defaults may be found by extension instead."""
+  out = []
+  for name, cfg in config.towers.items():
+    if cfg.get("field") or hasattr(towers_lib.get(cfg.kind), "DEFAULT_FIELD"):
+      out.append(towers_lib.default_field(name, cfg))
+  return tuple(out)
+
+
+def _lookup(record: dict, tower: TowerInput):
+  """(key, value) of the tower's field in the record, or (field, None)."""
+  value = record.get(tower.field)
+  if value is not None:
+    return tower.field, value
+  for ext in tower.extensions:
+    if record.get(ext) is not None:
+      return ext, record[ext]
+  return tower.field, None
 
 
 @dataclasses.dataclass
 class Preprocess(grain.transforms.RandomMap):
-  """Record -> example, or {"_bad": reason} when the image or caption cannot be used.
+  """Record -> example {modality: tower input, "label"}, or a bad record ({"_bad": why,
+  "_reason": one of bad.REASONS}) when a tower's field is missing or cannot be used.
 
-  train=True: random resized crop (+ flip); train=False: resize + center crop (rng unused).
-  Several captions: "sample" picks one at random per use (eval: the first), "first" the
-  first, "all" yields {"_many": [one example per caption]} (same pixels), which `SkipBad`
-  unrolls.
+  Each tower's value is looked up (`TowerInput.field`), decoded (xmodal/data/decoders)
+  where the kind decodes, and prepared by its kind (xmodal/towers): e.g. train=True a
+  random resized crop (+ flip) of an image, train=False the centre crop. A text tower with
+  data.captions="all" yields {"_many": [one example per caption]} (same pixels), which
+  `SkipBad` unrolls. A relative path in a manifest resolves against the manifest's folder.
   """
-  image_key: str
-  text_key: str
-  image_size: int
-  tokenizer: object
+  inputs: tuple
   train: bool
-  crop_scale: tuple = (0.8, 1.0)
-  crop_ratio: tuple = (0.75, 1.3333)
-  flip: bool = False
-  captions: str = "sample"
-  image_dtype: str = "uint8"
-  normalize: str = "none"
-
-  def _captions(self, caption) -> list[str] | tuple[str, str]:
-    """Usable captions, or (reason, why) when there are none."""
-    return usable_captions(caption)
 
   def random_map(self, record, rng: np.random.Generator):
     extra = {k: np.int32(record[k]) for k in ("epoch", "source", GROUP_KEY) if k in record}
     if "_bad" in record:
       return {**record, **extra}
     where = f" ({record['_where']})" if "_where" in record else ""
-    captions = self._captions(record["caption"])
-    if isinstance(captions, tuple):
-      return {**bad_lib.bad(captions[0], captions[1] + where), **extra}
-    image = record["image"]
-    try:
-      if isinstance(image, np.ndarray):
-        if self.train:
-          pixels = transforms.random_resized_crop(image, self.image_size, rng, self.crop_scale,
-                                                  self.crop_ratio, self.flip)
-        else:
-          from PIL import Image
-          pixels = transforms.resize_center_crop(Image.fromarray(image), self.image_size)
-      elif self.train:
-        pixels = transforms.decode_random_crop(image, self.image_size, rng, self.crop_scale,
-                                               self.crop_ratio, self.flip)
+    out, many = {}, None
+    for tower in self.inputs:
+      key, value = _lookup(record, tower)
+      if value is None:
+        fields = sorted(k for k in record if not k.startswith("_"))
+        return {**bad_lib.bad("missing_field", f"no {tower.field!r} field for tower "
+                              f"{tower.modality!r}{where}; the record has {fields}"), **extra}
+      if isinstance(value, str) and tower.decoder is not None and "_dir" in record:
+        value = os.path.join(record["_dir"], value)
+      try:
+        if tower.decoder is not None:
+          value = decoders.decode(value, tower.decoder, key)
+        x = tower.prepare(value, self.train, rng)
+      except bad_lib.BadData as e:
+        return {**bad_lib.bad(e.reason, f"{tower.modality}: {e.detail}{where}"), **extra}
+      except decoders.MissingExtra:
+        raise
+      except Exception as e:  # PIL and the decoders' libraries raise many types on bad files
+        return {**bad_lib.bad("unreadable", f"{tower.modality}: unreadable "
+                              f"{decoders.describe(value)}{where}: {e}"), **extra}
+      if isinstance(x, text_kind.Many):
+        many = (tower.modality, x)
       else:
-        pixels = transforms.decode_center_crop(image, self.image_size)
-    except bad_lib.BadData as e:
-      return {**bad_lib.bad(e.reason, f"{e.detail}{where}"), **extra}
-    except Exception as e:  # PIL raises many types for broken or missing files.
-      what = image if isinstance(image, str) else f"{len(image)} bytes" if isinstance(
-          image, (bytes, bytearray)) else type(image).__name__
-      return {**bad_lib.bad("unreadable", f"unreadable image ({what}){where}: {e}"), **extra}
-    pixels = transforms.finalize(np.ascontiguousarray(pixels), self.image_dtype,
-                                 self.normalize)
-
-    def example(text):
-      return {self.image_key: pixels, self.text_key: self.tokenizer.encode(text),
-              "label": np.int32(record.get("label", -1)), **extra}
-
-    if self.captions == "all" and self.train:
-      return {"_many": [example(c) for c in captions]}
-    if self.captions == "sample" and self.train and len(captions) > 1:
-      return example(captions[int(rng.integers(len(captions)))])
-    return example(captions[0])
+        out[tower.modality] = x
+    out["label"] = np.int32(record.get("label", -1))
+    out.update(extra)
+    if many is not None:
+      return {"_many": [{**out, many[0]: x} for x in many[1]]}
+    return out
 
 
 class _SkipBadIterator(grain.DatasetIterator):
@@ -312,13 +324,7 @@ class SkipBad(grain.IterDataset):
 
 
 def preprocess_for(config, train: bool) -> Preprocess:
-  image_key, text_key = modality_names(config)
-  d = config.data
-  return Preprocess(image_key=image_key, text_key=text_key, image_size=d.image_size,
-                    tokenizer=tokenizer_lib.get_tokenizer(config), train=train,
-                    crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
-                    flip=d.flip, captions=d.captions, image_dtype=d.image_dtype,
-                    normalize=d.normalize)
+  return Preprocess(tower_inputs(config), train)
 
 
 @dataclasses.dataclass
@@ -407,6 +413,8 @@ def eval_arrays(config, max_examples: int | None = None, split: str = "eval") ->
     out["skipped"] = 0
     return out
   prep = preprocess_for(config, train=False)
+  text_input = next((t for t in prep.inputs if config.towers[t.modality].kind == "text"),
+                    None)
   rng = np.random.default_rng(0)
   examples, captions, skipped = [], [], []
   for i in range(n):
@@ -419,11 +427,13 @@ def eval_arrays(config, max_examples: int | None = None, split: str = "eval") ->
     ex.pop("epoch", None)
     ex.pop("source", None)
     examples.append(ex)
-    captions.append(prep._captions(record["caption"])[0])
+    if text_input is not None:
+      captions.append(text_kind.usable_captions(_lookup(record, text_input)[1])[0])
   if not examples:
     raise ValueError(f"the eval split of {source!r} has no readable examples")
   out = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-  out["caption"] = captions
+  if text_input is not None:
+    out["caption"] = captions
   out["skipped"] = len(skipped)
   out["skipped_reasons"] = bad_lib.named(bad_lib.counts(skipped))
   return out
