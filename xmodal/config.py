@@ -190,7 +190,7 @@ def _check_kind(config, kind: str, split: str, field: str, pattern: str):
   """One source kind of one split; `field` names the config field holding `pattern`."""
   d = config.data
   why = f"when the {split} data is {kind!r}"
-  if kind in ("manifest", "webdataset", "arrayrecord", "features"):
+  if kind in ("manifest", "webdataset", "arrayrecord", "features", "h5ad"):
     _check_files(field, pattern, why)
   elif kind == "tfds":
     if not d.tfds_name:

@@ -56,7 +56,7 @@ def text_defaults() -> ConfigDict:
 
 # ----------------------------------------------------------------------------- the run
 
-_SOURCES = ("shapes", "manifest", "webdataset", "arrayrecord", "tfds", "mixture",
+_SOURCES = ("shapes", "manifest", "webdataset", "arrayrecord", "tfds", "h5ad", "mixture",
             "synthetic", "features")
 
 SCHEMA = dict(
@@ -106,7 +106,8 @@ SCHEMA = dict(
     data=dict(
         source=Field("shapes", "'shapes' (embedded), 'manifest' (JSONL/CSV/Parquet rows), "
                      "'webdataset' (tar shards), 'arrayrecord' (xmodal records), 'tfds' "
-                     "(tfds.data_source), 'mixture', 'synthetic' or 'features'",
+                     "(tfds.data_source), 'h5ad' (AnnData observations), 'mixture', "
+                     "'synthetic' or 'features'",
                      choices=_SOURCES),
         train_files=Field("", "files of the train split: brace patterns and/or globs, several "
                           "separated by ';', e.g. '/data/laion/{00000..00127}.tar'"),
@@ -123,6 +124,9 @@ SCHEMA = dict(
         tfds_eval_split=Field("validation", "tfds split string of the eval split"),
         tfds_keys=Field("image=image,caption=caption", "ROLE=FEATURE[/NESTED], roles image, "
                         "caption, label"),
+        genes=Field("", "h5ad sources: the gene panel (a file of gene names, one a line, or "
+                    "names separated by ','), the order of each record's 'expression'; '' = "
+                    "the file's genes"),
         image_key=Field("image", "manifest column holding the image path or bytes"),
         caption_key=Field("caption", "manifest column / webdataset json field: caption(s)"),
         label_key=Field("label", "manifest column / webdataset json field: class index"),

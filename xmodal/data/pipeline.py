@@ -52,7 +52,7 @@ GROUP_MODULUS = 2 ** 31
 # example, by reason (batch["skipped"] is their sum).
 SKIPPED_REASONS_KEY = "skipped_reasons"
 
-SOURCE_KINDS = ("shapes", "manifest", "webdataset", "arrayrecord", "tfds")
+SOURCE_KINDS = ("shapes", "manifest", "webdataset", "arrayrecord", "tfds", "h5ad")
 # A run of this many unreadable examples in a row means the data is broken, not noisy:
 # the iterator raises instead of spinning forever.
 MAX_CONSECUTIVE_BAD = 10_000
@@ -115,6 +115,9 @@ def open_source(kind: str, pattern: str, config, split: str):
                                     required_fields(config))
   if kind == "arrayrecord":
     return sources.ArrayRecordSource(pattern)
+  if kind == "h5ad":
+    from xmodal.data import anndata_source   # noqa: PLC0415 (needs the expression extra)
+    return anndata_source.AnnDataSource(pattern, d.genes)
   if kind == "tfds":
     return sources.TfdsSource(d.tfds_name, pattern, d.tfds_data_dir, d.tfds_keys)
   if kind == "synthetic":

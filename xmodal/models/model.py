@@ -52,16 +52,17 @@ class Tower(nn.Module):
   def __call__(self, x, train: bool = False, normalize: bool = True):
     features = build_tower(self.cfg, self.config, "encoder", self.dtype)(x, train=train)
     cfg = with_defaults(self.cfg)
-    head = cfg.head
+    # A kind from outside xmodal may declare no head fields: a linear head, no bias.
+    head = cfg.get("head", "linear")
     embed_dim = self.config.model.embed_dim
     if head == "linear":
       z = layers.dense(embed_dim, ("embed", "proj"), self.dtype, "head",
-                       use_bias=cfg.head_bias)(features)
+                       use_bias=cfg.get("head_bias", False))(features)
     elif head == "mlp":        # projector (e.g. over a frozen pretrained encoder)
-      hidden = cfg.head_hidden or features.shape[-1]
+      hidden = cfg.get("head_hidden", 0) or features.shape[-1]
       h = nn.gelu(layers.dense(hidden, ("embed", "mlp"), self.dtype, "head_hidden")(features))
       z = layers.dense(embed_dim, ("mlp", "proj"), self.dtype, "head",
-                       use_bias=cfg.head_bias)(h)
+                       use_bias=cfg.get("head_bias", False))(h)
     else:
       z = features
     z = z.astype(jnp.float32)
