@@ -68,12 +68,15 @@ class Prepare:
       if values.ndim != 2:
         raise bad.BadData("wrong_shape", f"waveform of shape {values.shape}; expected [N] or "
                           f"[N, channels]")
+    if rate != self.sample_rate and not self.resample:
+      raise bad.BadData("wrong_sample_rate", f"{rate:g} Hz, the tower reads "
+                        f"{self.sample_rate} Hz (resample=False)")
+    # Mono first: resampling is linear, so mixing before it is the same and costs one
+    # channel's resampling instead of C (44.1 kHz stereo: 2x faster, measured).
+    mono = values.mean(axis=1, keepdims=True) if values.shape[1] > 1 else values
     if rate != self.sample_rate:
-      if not self.resample:
-        raise bad.BadData("wrong_sample_rate", f"{rate:g} Hz, the tower reads "
-                          f"{self.sample_rate} Hz (resample=False)")
-      values = resample(values, rate, self.sample_rate)
-    mono = values.mean(axis=1) if values.shape[1] > 1 else values[:, 0]
+      mono = resample(mono, rate, self.sample_rate)
+    mono = mono[:, 0]
     if not len(mono):
       raise bad.BadData("empty", "no samples")
     wave = _transformer.crop_or_pad(mono.astype(np.float32),
