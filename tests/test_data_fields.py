@@ -149,22 +149,24 @@ def test_pipeline_reads_every_format_into_every_tower(tmp_path):
 
 
 class _Stop(Exception):
-  """Stands in for a kill right after the step-15 checkpoint (tests/test_train.py kills a
-  real process with SIGKILL; here the same config must stop and resume in-process)."""
+  """Stands in for a kill right after a checkpoint (tests/test_train.py kills a real
+  process with SIGKILL; here the same config stops and resumes in-process)."""
 
 
 @pytest.mark.slow
-def test_five_modalities_from_three_formats_learn_and_resume_exactly(tmp_path, monkeypatch):
+def test_five_modalities_from_three_formats_learn(tmp_path):
+  """Audio, video, image, vector and text towers trained on the three formats mixed: every
+  one of the 20 retrieval directions is far above chance on held-out records, and the
+  notebook API's encode() of the files equals the pipeline's evaluation arrays."""
   data = write_corpus(tmp_path)
-  steps = {"train.total_steps": 30, "train.checkpoint_every": 15, "batch_size": 32}
+  steps = {"train.total_steps": 30, "train.checkpoint_every": 30, "batch_size": 32}
   final = train.train(records_config(data, **steps), str(tmp_path / "full"))
   # 8 eval records, one per class: chance R@1 is 1/8 for each of the 20 directions.
   recall = {k.split("/")[1]: v for k, v in final.items() if k.endswith("/R@1")}
   assert len(recall) == 20 and min(recall.values()) >= 3 / 8, recall
   assert np.mean(list(recall.values())) >= 0.7, recall
-  full = {r["step"]: r["loss"] for r in metrics_lib.read_jsonl(str(tmp_path / "full"))
-          if "loss" in r}
-  # The notebook API decodes and prepares files as evaluation does.
+  losses = [r["loss"] for r in metrics_lib.read_jsonl(str(tmp_path / "full")) if "loss" in r]
+  assert np.mean(losses[-6:]) < np.mean(losses[:6]) - 0.5, losses
   import xmodal
   m = xmodal.load(str(tmp_path / "full"))
   ev = pipeline.eval_arrays(records_config(data))
@@ -174,24 +176,38 @@ def test_five_modalities_from_three_formats_learn_and_resume_exactly(tmp_path, m
   by_array = m.encode(audio=ev["audio"], video=ev["video"])
   for key in ("audio", "video"):
     np.testing.assert_allclose(by_path[key], by_array[key], atol=1e-6)
-  assert np.mean([full[s] for s in range(25, 31)]) < np.mean([full[s] for s in range(1, 7)])
 
-  half = str(tmp_path / "half")
+
+@pytest.mark.slow
+def test_records_from_three_formats_resume_exactly(tmp_path, monkeypatch):
+  """A run stopped right after its step-6 checkpoint resumes to the uninterrupted run's
+  losses exactly: the mixture's iterator state, the audio crops and the vectors all come
+  back (audio, vector and text towers: the compile stays small)."""
+  data = write_corpus(tmp_path, n_train=16)
+
+  def config():
+    c = records_config(data, **{"train.total_steps": 12, "train.checkpoint_every": 6,
+                                "batch_size": 16})
+    del c.towers["video"], c.towers["image"]
+    return c
+
+  train.train(config(), str(tmp_path / "full"))
   save = checkpoint.Checkpointer.save
 
   def save_then_stop(self, step, *args, **kwargs):
     save(self, step, *args, **kwargs)
-    if step == 15:
+    if step == 6:
       self.wait()
       raise _Stop
 
   monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_stop)
   with pytest.raises(_Stop):
-    train.train(records_config(data, **steps), half)
+    train.train(config(), str(tmp_path / "half"))
   monkeypatch.undo()
-  train.train(records_config(data, **steps), half)                  # resumes at step 15
-  resumed = {r["step"]: r["loss"] for r in metrics_lib.read_jsonl(half) if "loss" in r}
-  assert [resumed[s] for s in range(16, 31)] == [full[s] for s in range(16, 31)]
+  train.train(config(), str(tmp_path / "half"))                     # resumes at step 6
+  full, half = ({r["step"]: r["loss"] for r in metrics_lib.read_jsonl(str(tmp_path / w))
+                 if "loss" in r} for w in ("full", "half"))
+  assert [half[s] for s in range(7, 13)] == [full[s] for s in range(7, 13)]
 
 
 def test_converter_writes_any_fields_and_the_records_read_the_same(tmp_path):

@@ -15,8 +15,6 @@ import ml_collections
 from xmodal import default_config, fields, towers as towers_lib
 from xmodal.fields import ConfigError  # noqa: F401 (the project's config error type)
 
-# Sources of tower-ready records, no captions (data/pipeline.py READY_SOURCES).
-_READY_SOURCES = ("synthetic", "features")
 # Keys the data pipeline puts in every batch beside the modalities (xmodal/data/pipeline.py).
 RESERVED_BATCH_KEYS = ("label", "skipped", "skipped_reasons", "epoch", "source", "group",
                        "caption")
@@ -162,7 +160,7 @@ def validate(config, num_devices: int) -> None:
 def _check_record_towers(config) -> None:
   """Sources of records (everything but synthetic / features) feed each tower through its
   kind's preparer; captions="all" unrolls the captions of one text tower."""
-  if config.data.source in _READY_SOURCES:
+  if config.data.source in _ready_sources():
     return
   for name, tower in config.towers.items():
     if not hasattr(towers_lib.get(tower.kind), "preparer"):
@@ -176,66 +174,23 @@ def _check_record_towers(config) -> None:
                       f"but there are {len(text)} ({text})")
 
 
-def _check_files(name: str, pattern: str, why: str):
-  from xmodal.data import sources
-  if not pattern:
-    raise ConfigError(f"config.{name}: required {why}")
-  try:
-    sources.expand_pattern(pattern)
-  except sources.SourceError as e:
-    raise ConfigError(f"config.{name}: {e}") from None
-
-
-def _check_kind(config, kind: str, split: str, field: str, pattern: str):
-  """One source kind of one split; `field` names the config field holding `pattern`."""
-  d = config.data
-  why = f"when the {split} data is {kind!r}"
-  if kind in ("manifest", "webdataset", "arrayrecord", "features", "h5ad"):
-    _check_files(field, pattern, why)
-  elif kind == "tfds":
-    if not d.tfds_name:
-      raise ConfigError(f"config.data.tfds_name: required {why}")
-    if not pattern:
-      raise ConfigError(f"config.{field}: required {why}")
-    from xmodal.data import sources
-    try:
-      sources.parse_keys(d.tfds_keys)
-    except ValueError as e:
-      raise ConfigError(f"config.data.tfds_keys: {e}") from None
-    if d.tfds_data_dir and not os.path.isdir(os.path.expanduser(d.tfds_data_dir)):
-      raise ConfigError(f"config.data.tfds_data_dir: no such folder {d.tfds_data_dir!r}")
-
-
 def _validate_data(config):
   d = config.data
-  from xmodal.data import pipeline, tokenizer
-  # Train split.
+  from xmodal.data import pipeline, source_kinds, tokenizer
+  # Each split's source kind checks its own fields (xmodal/data/source_kinds).
   if d.source == "mixture":
     try:
       parts = pipeline.parse_mixture(d.mixture)
     except ValueError as e:
       raise ConfigError(f"config.data.mixture: {e}") from None
     for kind, pattern, _ in parts:
-      _check_kind(config, kind, "train", "data.mixture", pattern)
+      source_kinds.get(kind).check(config, "train", "data.mixture", pattern)
     if not d.eval_source:
       raise ConfigError("config.data.eval_source: required when data.source='mixture' (the "
                         "kind of the eval split, read from data.eval_files / tfds_eval_split)")
-  elif d.source == "manifest":
-    field = "data.train_files" if d.train_files else "data.train_manifest"
-    _check_kind(config, "manifest", "train", field, d.train_files or d.train_manifest)
-  elif d.source == "tfds":
-    _check_kind(config, "tfds", "train", "data.tfds_train_split", d.tfds_train_split)
-  elif d.source not in ("shapes", "synthetic"):
-    _check_kind(config, d.source, "train", "data.train_files", d.train_files)
-  # Eval split.
-  kind = d.eval_source or d.source
-  if kind == "manifest":
-    field = "data.eval_files" if d.eval_files else "data.eval_manifest"
-    _check_kind(config, "manifest", "eval", field, d.eval_files or d.eval_manifest)
-  elif kind == "tfds":
-    _check_kind(config, "tfds", "eval", "data.tfds_eval_split", d.tfds_eval_split)
-  elif kind not in ("shapes", "synthetic"):
-    _check_kind(config, kind, "eval", "data.eval_files", d.eval_files)
+  else:
+    source_kinds.get(d.source).check(config, "train")
+  source_kinds.get(d.eval_source or d.source).check(config, "eval")
   # Images and text.
   if d.image_dtype == "uint8" and d.normalize != "none":
     raise ConfigError(f"config.data.normalize: {d.normalize!r} needs data.image_dtype="
@@ -270,7 +225,13 @@ def _validate_data(config):
 def _records_unroll(config) -> bool:
   """True when one record yields several examples: data.captions="all" on an image/caption
   source (tower-ready sources have no captions to unroll)."""
-  return config.data.captions == "all" and config.data.source not in _READY_SOURCES
+  return config.data.captions == "all" and config.data.source not in _ready_sources()
+
+
+def _ready_sources() -> tuple[str, ...]:
+  """Sources of tower-ready records, no captions (xmodal/data/source_kinds READY)."""
+  from xmodal.data import source_kinds   # noqa: PLC0415
+  return source_kinds.ready_kinds()
 
 
 def group_positives(config) -> bool:

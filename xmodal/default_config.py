@@ -56,8 +56,15 @@ def text_defaults() -> ConfigDict:
 
 # ----------------------------------------------------------------------------- the run
 
-_SOURCES = ("shapes", "manifest", "webdataset", "arrayrecord", "tfds", "h5ad", "mixture",
-            "synthetic", "features")
+def _source_choices():
+  from xmodal.data import source_kinds   # noqa: PLC0415 (a registry of modules)
+  return source_kinds.choices()
+
+
+def _eval_source_choices():
+  from xmodal.data import source_kinds   # noqa: PLC0415
+  return source_kinds.eval_choices()
+
 
 SCHEMA = dict(
     seed=Field(0, "seeds initialisation, data order and augmentation", ge=0),
@@ -108,12 +115,12 @@ SCHEMA = dict(
                      "'webdataset' (tar shards), 'arrayrecord' (xmodal records), 'tfds' "
                      "(tfds.data_source), 'h5ad' (AnnData observations), 'mixture', "
                      "'synthetic' or 'features'",
-                     choices=_SOURCES),
+                     choices=_source_choices),
         train_files=Field("", "files of the train split: brace patterns and/or globs, several "
                           "separated by ';', e.g. '/data/laion/{00000..00127}.tar'"),
         eval_files=Field("", "files of the eval split (same forms as train_files)"),
         eval_source=Field("", "kind of the eval split; '' = data.source (not mixture)",
-                          choices=("",) + tuple(s for s in _SOURCES if s != "mixture")),
+                          choices=_eval_source_choices),
         train_manifest=Field("", "manifest source: same as train_files (older name)"),
         eval_manifest=Field("", "manifest source: same as eval_files (older name)"),
         mixture=Field("", "'KIND:PATTERN@WEIGHT; ...' e.g. 'webdataset:/d/a/{000..127}.tar@0.7; "

@@ -36,12 +36,12 @@ import numpy as np
 
 from xmodal import towers as towers_lib
 from xmodal.data import bad as bad_lib, decoders
-from xmodal.data import manifest, shapes, sources, synthetic
+from xmodal.data import shapes, source_kinds
 from xmodal.towers import text as text_kind
 
 # Sources whose records are already tower inputs ({modality: array, "label"}): no decoding,
 # augmentation or tokenizing, any towers.
-READY_SOURCES = ("synthetic", "features")
+READY_SOURCES = source_kinds.ready_kinds()
 
 # batch[GROUP_KEY]: int32 group ids, the record's global stream position modulo
 # GROUP_MODULUS (int32; positions within one batch never lie 2**31 apart).
@@ -52,7 +52,7 @@ GROUP_MODULUS = 2 ** 31
 # example, by reason (batch["skipped"] is their sum).
 SKIPPED_REASONS_KEY = "skipped_reasons"
 
-SOURCE_KINDS = ("shapes", "manifest", "webdataset", "arrayrecord", "tfds", "h5ad")
+SOURCE_KINDS = source_kinds.mixable_kinds()     # the kinds a mixture may draw from
 # A run of this many unreadable examples in a row means the data is broken, not noisy:
 # the iterator raises instead of spinning forever.
 MAX_CONSECUTIVE_BAD = 10_000
@@ -83,9 +83,9 @@ def parse_mixture(spec: str) -> list[tuple[str, str, float]]:
       continue
     kind, colon, rest = entry.partition(":")
     kind = kind.strip()
-    if not colon or kind not in SOURCE_KINDS or kind == "shapes":
+    if not colon or kind not in SOURCE_KINDS:
       raise ValueError(f"mixture entry {entry!r}: expected KIND:PATTERN[@WEIGHT] with KIND "
-                       f"in {SOURCE_KINDS[1:]}")
+                       f"in {SOURCE_KINDS}")
     pattern, weight = rest, 1.0
     if "@" in rest:
       pattern, _, w = rest.rpartition("@")
@@ -102,50 +102,18 @@ def parse_mixture(spec: str) -> list[tuple[str, str, float]]:
 
 
 def open_source(kind: str, pattern: str, config, split: str):
-  """One random-access source of `kind` over `pattern` (a tfds split for "tfds")."""
-  d = config.data
-  if kind == "shapes":
-    size = d.shapes_train_size if split == "train" else d.shapes_eval_size
-    return shapes.ShapesSource(split, size, d.image_size)
-  if kind == "manifest":
-    return manifest.ManifestSource(pattern, d.image_key, d.caption_key, d.label_key,
-                                   required_fields(config))
-  if kind == "webdataset":
-    return sources.WebDatasetSource(pattern, d.caption_key, d.label_key,
-                                    required_fields(config))
-  if kind == "arrayrecord":
-    return sources.ArrayRecordSource(pattern)
-  if kind == "h5ad":
-    from xmodal.data import anndata_source   # noqa: PLC0415 (needs the expression extra)
-    return anndata_source.AnnDataSource(pattern, d.genes)
-  if kind == "tfds":
-    return sources.TfdsSource(d.tfds_name, pattern, d.tfds_data_dir, d.tfds_keys)
-  if kind == "synthetic":
-    size = d.synthetic_train_size if split == "train" else d.synthetic_eval_size
-    return synthetic.SyntheticSource(config, split, size, d.synthetic_classes)
-  if kind == "features":
-    return sources.FeaturesSource(pattern)
-  raise ValueError(f"config.data.source: unknown source kind {kind!r}")
+  """One random-access source of `kind` over `pattern` (a tfds split for "tfds"); the kind's
+  module in xmodal/data/source_kinds opens it."""
+  return source_kinds.get(kind).open(pattern, config, split)
 
 
 def source_specs(config, split: str) -> list[tuple[str, str, float]]:
   """[(kind, pattern, weight)] that make up `split` ("train" or "eval")."""
   d = config.data
-  if split == "train":
-    if d.source == "mixture":
-      return parse_mixture(d.mixture)
-    kind = d.source
-  else:
-    kind = d.eval_source or d.source
-  if kind in ("shapes", "synthetic"):
-    return [(kind, "", 1.0)]
-  if kind == "tfds":
-    return [("tfds", d.tfds_train_split if split == "train" else d.tfds_eval_split, 1.0)]
-  if kind == "manifest":
-    legacy = d.train_manifest if split == "train" else d.eval_manifest
-    files = d.train_files if split == "train" else d.eval_files
-    return [("manifest", files or legacy, 1.0)]
-  return [(kind, d.train_files if split == "train" else d.eval_files, 1.0)]
+  if split == "train" and d.source == "mixture":
+    return parse_mixture(d.mixture)
+  kind = d.source if split == "train" else (d.eval_source or d.source)
+  return [(kind, source_kinds.get(kind).where(config, split)[1], 1.0)]
 
 
 def make_source(config, split: str):

@@ -20,12 +20,12 @@ def sniff(data: bytes) -> bool:
 
 class Clip:
   """Frames of one encoded video. `num_frames` comes from the container (or, when it does
-  not say, from decoding once); `frames(indices)` decodes up to the last index asked for."""
+  not say, from one decoding pass that converts nothing); `frames(indices)` decodes up to
+  the last index asked for and converts only the frames asked for to RGB."""
 
   def __init__(self, value):
     self._av = require("av", EXTRA, "video")
     self.value, self._data = value, read_bytes(value)
-    self._cache = None
     try:
       with self._open() as container:
         if not container.streams.video:
@@ -35,33 +35,38 @@ class Clip:
     except self._av.error.FFmpegError as e:
       raise bad.BadData("unreadable", f"{describe(value)}: {e}") from None
     if self.num_frames <= 0:                      # the container does not say: count
-      self._cache = self._decode(None)
-      self.num_frames = len(self._cache)
+      self.num_frames = len(self._decode(()))
     if self.num_frames == 0:
       raise bad.BadData("empty", f"{describe(value)}: no frames")
 
   def _open(self):
     return self._av.open(io.BytesIO(self._data), mode="r")
 
-  def _decode(self, last: int | None) -> list[np.ndarray]:
-    out = []
+  def _decode(self, wanted, last: int | None = None) -> dict:
+    """{index: uint8 [H, W, 3]} for the frame indices in `wanted`, decoding until `last`
+    (or the end); with nothing wanted, range(number of frames decoded)."""
+    out, count = {}, 0
     try:
       with self._open() as container:
         for frame in container.decode(video=0):
-          out.append(frame.to_ndarray(format="rgb24"))
-          if last is not None and len(out) > last:
+          if count in wanted:
+            out[count] = frame.to_ndarray(format="rgb24")
+          count += 1
+          if last is not None and count > last:
             break
     except self._av.error.FFmpegError as e:
-      if not out:
+      if not count:
         raise bad.BadData("unreadable", f"{describe(self.value)}: {e}") from None
-    return out
+    self._count = count
+    return out if wanted else range(count)
 
   def frames(self, indices) -> np.ndarray:
     """uint8 [len(indices), H, W, 3]; BadData "truncated" if the file ends before them."""
     indices = [int(i) for i in indices]
-    decoded = self._cache if self._cache is not None else self._decode(max(indices))
-    if max(indices) >= len(decoded):
-      raise bad.BadData("truncated", f"{describe(self.value)}: {len(decoded)} frames decode "
+    decoded = self._decode(set(indices), max(indices))
+    missing = [i for i in indices if i not in decoded]
+    if missing:
+      raise bad.BadData("truncated", f"{describe(self.value)}: {self._count} frames decode "
                         f"of the {self.num_frames} the container lists")
     return np.stack([decoded[i] for i in indices])
 
