@@ -7,8 +7,12 @@ Data (offline; espeak-ng is a Debian package):
   python tools/make_spoken_shapes.py --out data/spoken_shapes      # 3,000 + 300 records
 Command:
   xmodal train --config=configs/spoken_audio_text.py:data/spoken_shapes --workdir=runs/spoken
-Hardware: CPU; 2 cores are enough (see the result below).
-Result: MEASURED (filled in below by the measured run).
+Hardware: CPU; 2 cores are enough.
+Result (measured 2026-11-30 on the 2-core development machine while other jobs shared it:
+  34 min wall, 11 CPU-minutes for this run; 600 steps at batch 64, 2 loader workers):
+  training loss 3.71 (step 50) -> 0.21 (step 600); on the 300 held-out records (300
+  distinct captions, chance R@1 = 0.003): audio->text R@1 0.73, R@5 0.96, R@10 0.98;
+  text->audio R@1 0.72, R@5 0.95, R@10 0.98 (0.49 / 0.48 R@1 at step 300).
 """
 
 from xmodal import default_config

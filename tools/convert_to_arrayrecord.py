@@ -117,6 +117,11 @@ def clean_captions(caption):
         why = "caption not UTF-8"
         continue
     if isinstance(c, str) and c.strip():
+      try:
+        c.encode("utf-8")             # a lone surrogate ("\ud800" in JSON) is not UTF-8
+      except UnicodeEncodeError:
+        why = "caption not UTF-8"
+        continue
       good.append(c.strip())
   if not good:
     return None, why
