@@ -31,6 +31,9 @@ def test_choose_by_hint_extension_and_content(tmp_path):
   assert decoders.choose("/d/scan.nii.gz") == "nifti"
   assert decoders.choose(np.zeros(3)) == "array" and decoders.choose([1.0, 2.0]) == "array"
   assert decoders.choose([b"\xff\xd8", b"\xff\xd8"]) == "frames"
+  assert decoders.choose(["f/0.jpg", "f/1.jpg"]) == "frames"
+  assert decoders.choose(["s/0.dcm", "s/1.dcm"]) == "dicom"
+  assert decoders.choose([b"\0" * 128 + b"DICM"]) == "dicom"
   buf = io.BytesIO()
   np.save(buf, np.zeros(2))
   assert decoders.choose(buf.getvalue()) == "array"

@@ -84,8 +84,11 @@ def choose(value, hint: str = "") -> str:
   if isinstance(value, np.ndarray) or (isinstance(value, (list, tuple)) and value and
                                        not isinstance(value[0], (bytes, str))):
     return "array"
-  if isinstance(value, (list, tuple)):
-    return "frames" if value and isinstance(value[0], bytes) else "dicom"
+  if isinstance(value, (list, tuple)):           # several files: DICOM slices or frames
+    first = value[0]
+    if isinstance(first, (bytes, bytearray)):
+      return "dicom" if get("dicom").sniff(bytes(first[:132])) else "frames"
+    return "frames" if extension(first) in ("jpg", "jpeg", "png", "webp") else "dicom"
   for name in (hint, value if isinstance(value, str) else ""):
     if name:
       ext = extension(name)
