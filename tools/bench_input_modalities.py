@@ -20,7 +20,6 @@ Prints a markdown table and writes it to --out. Rates are per CPU-second of this
 """
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -81,7 +80,7 @@ def write_video(folder, n):
       base = rng.integers(0, 200, (256, 256, 3))
       for k in range(48):
         frame = np.clip(np.roll(base, 4 * k, axis=1) + k, 0, 255).astype(np.uint8)
-        container.mux(stream.encode(__import__("av").VideoFrame.from_ndarray(frame, "rgb24")))
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, "rgb24")))
       container.mux(stream.encode())
     rows.append({"video": os.path.basename(path), "caption": f"clip {i}"})
   manifest = os.path.join(folder, "video.jsonl")
