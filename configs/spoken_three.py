@@ -11,8 +11,7 @@ Result (measured 2026-11-30 on the 2-core development machine while other jobs s
   step 550 (sum of three pairs: 0.72 audio:image, 0.38 audio:text, 0.39 image:text); on
   the 300 held-out records (chance R@1 = 0.003), R@1 / R@5:
   audio->text 0.60 / 0.92, text->audio 0.58 / 0.93, image->text 0.65 / 1.00,
-  text->image 0.65 / 1.00, audio->image 0.35 / 0.83, image->audio 0.34 / 0.80
-  (image->text R@1 is bounded by images that share a caption's words up to jitter).
+  text->image 0.65 / 1.00, audio->image 0.35 / 0.83, image->audio 0.34 / 0.80.
 """
 
 from xmodal import default_config
