@@ -17,6 +17,7 @@ import ml_collections
 
 from xmodal import towers
 from xmodal.models import layers
+from xmodal.models import modalities, text, vit  # noqa: F401 (kept as model.vit, ...)
 
 LOSS_INIT = {  # (scale, bias) defaults: CLIP 1/0.07; SigLIP t=10, b=-10
     "softmax": (1 / 0.07, None),
