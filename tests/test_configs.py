@@ -32,6 +32,7 @@ def test_config_file_validates(path, tmp_path):
                **{m: np.zeros((4, t.features), np.float32) for m, t in config.towers.items()})
       config.data[name] = str(tmp_path / f"{name}.npz")
   if config.data.source == "manifest":
+    config.data.train_files = config.data.eval_files = ""     # the manifests below instead
     for name in ("train_manifest", "eval_manifest"):
       (tmp_path / f"{name}.jsonl").write_text('{"image": "a.jpg", "caption": "x"}\n')
       config.data[name] = str(tmp_path / f"{name}.jsonl")

@@ -75,11 +75,15 @@ def test_manifest_and_webdataset_conversion_trains(tmp_path):
     (tmp_path / "img" / f"{i}.png").write_bytes(image_bytes(i, size=(900, 500), fmt="PNG"))
     rows.append({"image": f"img/{i}.png", "caption": f"record {i}", "label": i})
   rows.append({"image": "img/missing.png", "caption": "record 99"})
-  (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+  lines = [json.dumps(r) for r in rows]
+  lines.append('{"image": "img/0.png", "caption": "lone \\ud800 surrogate"}')
+  lines.append('{"image": "img/0.png", "caption": "cut')                # broken JSON
+  (tmp_path / "m.jsonl").write_text("\n".join(lines))
   out = str(tmp_path / "m_ar")
   summary, _ = _convert("--input", f"manifest:{tmp_path / 'm.jsonl'}", "--output", out,
                         "--processes", "1", "--max_image_size", "256")
-  assert summary["written"] == 6 and summary["skipped"] == {"missing image file": 1}
+  assert summary["written"] == 6 and summary["skipped"] == {
+      "missing image file": 1, "caption not UTF-8": 1, "bad row": 1}
   from PIL import Image
   import io
   recs = _read_all(f"{out}-*.arrayrecord")

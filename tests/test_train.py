@@ -490,15 +490,25 @@ def test_manifest_run_with_a_corrupt_image_trains_and_reports_the_skip(tmp_path)
                                     np.random.default_rng(i))).save(path)
     rows.append({"image": path.name, "caption": f"a {list(shapes.COLOURS)[i % 6]} "
                                                 f"{shapes.SHAPES[i % 5]}"})
-  (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+  lines = [json.dumps(r).encode() for r in rows]
+  lines[5] = lines[5].replace(b'"a ', b'"\xff ')          # raw non-UTF-8 caption bytes
+  lines[6] = lines[6].replace(b'"a ', b'"\\udc80 ')       # a lone surrogate escape
+  lines[7] = lines[7][:20]                                  # a broken JSON line
+  (tmp_path / "data.jsonl").write_bytes(b"\n".join(lines))
   workdir = str(tmp_path / "run")
   config = make_tiny_config(**{"data.source": "manifest", "train.total_steps": 6,
                                "data.train_manifest": str(tmp_path / "data.jsonl"),
                                "data.eval_manifest": str(tmp_path / "data.jsonl")})
   final = train.train(config, workdir)
   logged = [r for r in metrics_lib.read_jsonl(workdir) if "loss" in r]
-  assert logged[-1]["data/skipped"] >= 4        # 6 steps x 32 rows = 4+ passes over row 3
-  assert final["eval/skipped"] == 1 and final["eval/examples"] == 39
+  assert logged[-1]["data/skipped"] >= 16       # 6 steps x 32 rows = 4+ passes over 4 rows
+  # Counted by reason too (issue 17: on main the 0xff byte stopped the run).
+  assert logged[-1]["data/skipped/unreadable"] >= 4
+  assert logged[-1]["data/skipped/not_utf8"] >= 8 and logged[-1]["data/skipped/bad_row"] >= 4
+  assert sum(v for k, v in logged[-1].items() if k.startswith("data/skipped/")) == (
+      logged[-1]["data/skipped"])
+  assert final["eval/skipped"] == 4 and final["eval/examples"] == 36
+  assert final["eval/skipped/not_utf8"] == 2 and final["eval/skipped/bad_row"] == 1
   assert "zeroshot/top1" not in final            # no labels, no class names: retrieval only
 
 

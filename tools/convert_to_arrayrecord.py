@@ -23,6 +23,11 @@ counts beside it, and {output}-summary.json at the end. Shards are written in pa
 Ctrl-C skips finished shards and redoes only the others (same --input and
 --records_per_shard give the same shard boundaries).
 
+--fields names the record fields to write (default image,caption): any manifest columns or
+webdataset members, e.g. --fields audio,video,vector,caption; a field naming a file is
+stored as that file's bytes, a list of numbers as a numpy array, so records are
+self-contained.
+
 Rows that cannot be used are skipped and counted by reason: missing or unreadable image,
 an image whose header holds more than --max_image_pixels pixels (checked before decoding;
 default 64M as data.max_image_pixels, 0 = no limit), empty or non-UTF-8 caption, a sample
@@ -91,12 +96,14 @@ class FolderSource:
 
 def open_input(spec: str, args):
   kind, _, pattern = spec.partition(":")
+  fields = tuple(f.strip() for f in args.fields.split(",") if f.strip())
   if kind == "folder":
     return FolderSource(pattern)
   if kind == "manifest":
-    return manifest.ManifestSource(pattern, args.image_key, args.caption_key, args.label_key)
+    return manifest.ManifestSource(pattern, args.image_key, args.caption_key, args.label_key,
+                                   fields)
   if kind == "webdataset":
-    return sources.WebDatasetSource(pattern, args.caption_key, args.label_key)
+    return sources.WebDatasetSource(pattern, args.caption_key, args.label_key, fields)
   if kind == "tfds" and pattern:
     name, _, split = pattern.partition(":")
     return sources.TfdsSource(name, split or "train", args.tfds_data_dir, args.tfds_keys)
@@ -116,6 +123,11 @@ def clean_captions(caption):
         why = "caption not UTF-8"
         continue
     if isinstance(c, str) and c.strip():
+      try:
+        c.encode("utf-8")             # a lone surrogate ("\ud800" in JSON) is not UTF-8
+      except UnicodeEncodeError:
+        why = "caption not UTF-8"
+        continue
       good.append(c.strip())
   if not good:
     return None, why
@@ -158,12 +170,33 @@ def load_image(image, max_size: int, max_pixels: int = 0,
   return data, None, note
 
 
+def load_field(rec: dict, field: str):
+  """A field other than image / caption -> what the record stores: the bytes of a file it
+  names (a relative path resolves against the manifest's folder), a numpy array for a
+  list of numbers, anything else as it is. -> (value, None) or (None, reason)."""
+  import numpy as np
+  value = rec[field]
+  if isinstance(value, str):
+    path = os.path.join(rec.get("_dir", ""), value)
+    if not os.path.isfile(path):
+      return None, f"missing {field} file"
+    with open(path, "rb") as f:
+      return f.read(), None
+  if isinstance(value, (list, tuple)) and value and not isinstance(value[0], (str, bytes)):
+    try:
+      return np.asarray(value, np.float32), None
+    except (TypeError, ValueError):
+      return None, f"{field} is not a numeric list"
+  return value, None
+
+
 _SOURCE = None
+_FIELDS = ("image", "caption")
 
 
-def _init_worker(source):
-  global _SOURCE
-  _SOURCE = source
+def _init_worker(source, fields=("image", "caption")):
+  global _SOURCE, _FIELDS
+  _SOURCE, _FIELDS = source, fields
 
 
 def shard_name(output: str, i: int, n: int) -> str:
@@ -183,24 +216,34 @@ def write_shard(task) -> dict:
       rec = _SOURCE[row]
       reason = None
       if "_bad" in rec:
-        reason = ("truncated tar member" if "cut short" in rec["_bad"] else
+        reason = ("truncated tar member" if ("cut short" in rec["_bad"] or
+                                             rec.get("_reason") == "truncated") else
                   "no image in sample" if "no image" in rec["_bad"] else
-                  "no caption" if "no caption" in rec["_bad"] else "unreadable row")
+                  "no caption" if "no caption" in rec["_bad"] else
+                  rec.get("_reason", "unreadable row").replace("_", " "))
         detail = rec["_bad"]
       else:
-        caption, reason = clean_captions(rec["caption"])
-        if reason is None:
-          image, reason, note = load_image(rec["image"], max_size, max_pixels, background)
-          if note:
-            notes[note] += 1
-        detail = f"row {row}: {rec['image'] if isinstance(rec['image'], str) else ''}"
+        out, detail = {}, f"row {row}: {rec.get('_where', '')}"
+        for field in _FIELDS:
+          if field == "caption":
+            out[field], reason = clean_captions(rec["caption"])
+          elif field == "image":
+            out[field], reason, note = load_image(rec["image"], max_size, max_pixels,
+                                                  background)
+            if note:
+              notes[note] += 1
+            detail = f"row {row}: {rec['image'] if isinstance(rec['image'], str) else ''}"
+          else:
+            out[field], reason = load_field(rec, field)
+          if reason:
+            break
       if reason:
         skipped[reason] += 1
         if len(examples) < 5:
           examples.append(f"{reason}: {detail}")
         continue
-      writer.write(sources.encode_record(image, caption, rec.get("label", -1),
-                                         key=str(rec.get("key", row))))
+      writer.write(sources.encode_fields({**out, "label": int(rec.get("label", -1)),
+                                          "key": str(rec.get("key", row))}))
       written += 1
   finally:
     writer.close()
@@ -227,6 +270,9 @@ def main(argv=None):
   parser.add_argument("--image_key", default="image")
   parser.add_argument("--caption_key", default="caption")
   parser.add_argument("--label_key", default="label")
+  parser.add_argument("--fields", default="image,caption", help="record fields to write, "
+                      "e.g. 'audio,video,vector,caption' (files named by other fields are "
+                      "stored as bytes, lists of numbers as arrays)")
   parser.add_argument("--tfds_data_dir", default="", help="tfds input: the data_dir")
   parser.add_argument("--tfds_keys", default="", help="tfds input: ROLE=FEATURE,... "
                       "(roles image, caption, label; '/' for nested features)")
@@ -256,8 +302,9 @@ def main(argv=None):
   results = list(done)
   if tasks:
     ctx = multiprocessing.get_context("fork")
+    fields = tuple(f.strip() for f in args.fields.split(",") if f.strip())
     with ctx.Pool(max(1, min(args.processes, len(tasks))), initializer=_init_worker,
-                  initargs=(source,)) as pool:
+                  initargs=(source, fields)) as pool:
       rows_done = 0
       for k, stats in enumerate(pool.imap_unordered(write_shard, tasks), 1):
         results.append(stats)

@@ -14,13 +14,12 @@ import re
 
 import ml_collections
 
-from xmodal import default_config, fields
+from xmodal import default_config, fields, towers as towers_lib
 from xmodal.fields import ConfigError  # noqa: F401 (the project's config error type)
 
-# Sources of tower-ready records, no captions (data/pipeline.py READY_SOURCES).
-_READY_SOURCES = ("synthetic", "features")
 # Keys the data pipeline puts in every batch beside the modalities (xmodal/data/pipeline.py).
-RESERVED_BATCH_KEYS = ("label", "skipped", "epoch", "source", "group", "caption")
+RESERVED_BATCH_KEYS = ("label", "skipped", "skipped_reasons", "epoch", "source", "group",
+                       "caption")
 
 
 class WorkdirError(FileNotFoundError):
@@ -111,24 +110,18 @@ def _check_tower(config, modality: str, tower) -> None:
   if not isinstance(tower, ml_collections.ConfigDict):
     raise ConfigError(f"config.towers.{modality}: expected a tower section, got {tower!r}")
   kind = tower.get("kind")
-  if kind not in default_config.tower_kinds():
+  try:
+    module = towers_lib.get(kind)
+  except ConfigError as e:
+    raise ConfigError(f"config.towers.{modality}.kind: {e}") from None
+  fields.check(tower, towers_lib.fields_of(kind), f"towers.{modality}.")
+  if hasattr(module, "check"):
+    module.check(config, modality, tower)
+  elif "num_heads" in tower and tower.width % tower.num_heads:
     raise ConfigError(
-        f"config.towers.{modality}.kind: unknown tower kind {kind!r}"
-        f"{fields.closest(str(kind), default_config.tower_kinds())} (known: "
-        f"{', '.join(default_config.tower_kinds())})")
-  fields.check(tower, default_config.tower_fields(kind), f"towers.{modality}.")
-  size = tower
-  if kind == "vit" and tower.variant:
-    from xmodal.models import vit as vit_lib   # noqa: PLC0415 (keeps config import light)
-    try:
-      size = ml_collections.ConfigDict({**tower.to_dict(), **vit_lib.parse_variant(tower.variant)})
-    except ValueError as e:
-      raise ConfigError(f"config.towers.{modality}.variant: {e}") from None
-  if "num_heads" in size and size.width % size.num_heads:
-    raise ConfigError(
-        f"config.towers.{modality}.width: {size.width} is not divisible by num_heads "
-        f"{size.num_heads}")
-  width = size.features if (kind == "vector" and tower.encoder == "identity") else size.width
+        f"config.towers.{modality}.width: {tower.width} is not divisible by num_heads "
+        f"{tower.num_heads}")
+  width = towers_lib.output_width(tower)
   if tower.get("head") == "none" and width != config.model.embed_dim:
     raise ConfigError(
         f"config.towers.{modality}.head: 'none' needs width {width} == "
@@ -147,12 +140,7 @@ def validate(config, num_devices: int) -> None:
   fields.check(config, default_config.SCHEMA, skip=("towers",))
   for modality, tower in towers.items():
     _check_tower(config, modality, tower)
-  # Data sources the step understands: one image tower and one text tower per example.
-  kinds = sorted(t.kind for t in towers.values())
-  if config.data.source not in _READY_SOURCES and kinds != ["text", "vit"]:
-    raise ConfigError(
-        f"config.towers: data.source={config.data.source!r} gives image/caption pairs, so it "
-        f"needs one 'vit' and one 'text' tower, got kinds {kinds}")
+  _check_record_towers(config)
 
   if config.loss.positives == "group" and not _records_unroll(config):
     raise ConfigError(
@@ -174,16 +162,6 @@ def validate(config, num_devices: int) -> None:
     low_high = _get(config, name)
     if len(low_high) != 2 or not low_high[0] <= low_high[1]:
       raise ConfigError(f"config.{name}: expected (low, high) with low <= high, got {low_high}")
-  vit = [t for t in towers.values() if t.kind == "vit"]
-  for t in vit:
-    patch = t.patch_size
-    if t.variant and "/" in t.variant:
-      patch = int(t.variant.split("/")[1])
-    if config.data.image_size % patch:
-      raise ConfigError(
-          f"config.data.image_size: {config.data.image_size} is not divisible by the ViT "
-          f"patch_size {patch}")
-
   for rule in config.sharding.rules:
     axes = rule[1] if len(rule) == 2 else None
     axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
@@ -233,46 +211,27 @@ def validate(config, num_devices: int) -> None:
   _validate_eval_prompts(config)
 
 
-def _check_files(name: str, pattern: str, why: str):
-  from xmodal.data import sources
-  if not pattern:
-    raise ConfigError(f"config.{name}: required {why}")
-  try:
-    sources.expand_pattern(pattern)
-  except sources.SourceError as e:
-    raise ConfigError(f"config.{name}: {e}") from None
-
-
-def _check_kind(config, kind: str, split: str, field: str, pattern: str):
-  """One source kind of one split; `field` names the config field holding `pattern`."""
-  d = config.data
-  why = f"when the {split} data is {kind!r}"
-  if kind in ("manifest", "webdataset", "arrayrecord", "features"):
-    _check_files(field, pattern, why)
-  elif kind == "tfds":
-    if not d.tfds_name:
-      raise ConfigError(f"config.data.tfds_name: required {why}")
-    if not pattern:
-      raise ConfigError(f"config.{field}: required {why}")
-    from xmodal.data import sources
-    try:
-      sources.parse_keys(d.tfds_keys)
-    except ValueError as e:
-      raise ConfigError(f"config.data.tfds_keys: {e}") from None
-    if d.tfds_data_dir and not os.path.isdir(os.path.expanduser(d.tfds_data_dir)):
-      raise ConfigError(f"config.data.tfds_data_dir: no such folder {d.tfds_data_dir!r}")
+def _check_record_towers(config) -> None:
+  """Sources of records (everything but synthetic / features) feed each tower through its
+  kind's preparer; captions="all" unrolls the captions of one text tower."""
+  if config.data.source in _ready_sources():
+    return
+  for name, tower in config.towers.items():
+    if not hasattr(towers_lib.get(tower.kind), "preparer"):
+      raise ConfigError(
+          f"config.towers.{name}.kind: {tower.kind!r} has no preparer (it reads tower-ready "
+          f"arrays only), so data.source={config.data.source!r} cannot feed it; use "
+          f"data.source='synthetic' or 'features'")
+  text = [n for n, t in config.towers.items() if t.kind == "text"]
+  if config.data.captions == "all" and len(text) != 1:
+    raise ConfigError(f"config.data.captions: 'all' unrolls the captions of one text tower, "
+                      f"but there are {len(text)} ({text})")
 
 
 def _validate_eval_split(config):
+  from xmodal.data import source_kinds   # noqa: PLC0415
   d = config.data
-  kind = d.eval_source or d.source
-  if kind == "manifest":
-    field = "data.eval_files" if d.eval_files else "data.eval_manifest"
-    _check_kind(config, "manifest", "eval", field, d.eval_files or d.eval_manifest)
-  elif kind == "tfds":
-    _check_kind(config, "tfds", "eval", "data.tfds_eval_split", d.tfds_eval_split)
-  elif kind not in ("shapes", "synthetic"):
-    _check_kind(config, kind, "eval", "data.eval_files", d.eval_files)
+  source_kinds.get(d.eval_source or d.source).check(config, "eval")
 
 
 def _validate_eval_prompts(config):
@@ -295,25 +254,20 @@ def validate_eval(config) -> None:
 
 def _validate_data(config):
   d = config.data
-  from xmodal.data import pipeline, tokenizer
-  # Train split.
+  from xmodal.data import pipeline, source_kinds, tokenizer
+  # Each split's source kind checks its own fields (xmodal/data/source_kinds).
   if d.source == "mixture":
     try:
       parts = pipeline.parse_mixture(d.mixture)
     except ValueError as e:
       raise ConfigError(f"config.data.mixture: {e}") from None
     for kind, pattern, _ in parts:
-      _check_kind(config, kind, "train", "data.mixture", pattern)
+      source_kinds.get(kind).check(config, "train", "data.mixture", pattern)
     if not d.eval_source:
       raise ConfigError("config.data.eval_source: required when data.source='mixture' (the "
                         "kind of the eval split, read from data.eval_files / tfds_eval_split)")
-  elif d.source == "manifest":
-    field = "data.train_files" if d.train_files else "data.train_manifest"
-    _check_kind(config, "manifest", "train", field, d.train_files or d.train_manifest)
-  elif d.source == "tfds":
-    _check_kind(config, "tfds", "train", "data.tfds_train_split", d.tfds_train_split)
-  elif d.source not in ("shapes", "synthetic"):
-    _check_kind(config, d.source, "train", "data.train_files", d.train_files)
+  else:
+    source_kinds.get(d.source).check(config, "train")
   _validate_eval_split(config)
   # Images and text.
   if d.image_dtype == "uint8" and d.normalize != "none":
@@ -367,7 +321,13 @@ def text_fits_towers(config) -> None:
 def _records_unroll(config) -> bool:
   """True when one record yields several examples: data.captions="all" on an image/caption
   source (tower-ready sources have no captions to unroll)."""
-  return config.data.captions == "all" and config.data.source not in _READY_SOURCES
+  return config.data.captions == "all" and config.data.source not in _ready_sources()
+
+
+def _ready_sources() -> tuple[str, ...]:
+  """Sources of tower-ready records, no captions (xmodal/data/source_kinds READY)."""
+  from xmodal.data import source_kinds   # noqa: PLC0415
+  return source_kinds.ready_kinds()
 
 
 def group_positives(config) -> bool:

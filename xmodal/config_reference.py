@@ -36,7 +36,9 @@ def render() -> str:
   out += ["## Towers", "",
           "`config.towers` maps each modality name (the key used in batches and outputs) to a "
           "tower section; its `kind` picks the fields below. Override as "
-          "`--config.towers.image.width=256`.", ""]
+          "`--config.towers.image.width=256`. A kind is a module of `xmodal/towers` or any "
+          "module named by its path (`kind=\"mypkg.my_tower\"`), which declares its own "
+          "fields.", ""]
   for kind in default_config.tower_kinds():
     out += [f"### kind `{kind}`", "", *_TABLE,
             *fields.reference_rows(default_config.tower_fields(kind), "towers.NAME."), ""]

@@ -6,8 +6,8 @@ cores). Every key a config may set is declared here once, as a `fields.Field` wi
 default, allowed values or range and a one-line doc; `get_config()` is the defaults,
 `xmodal.config.validate` checks any config against the declarations, and docs/config.md is
 generated from them (`python -m xmodal.config_reference`). Tower sections are checked
-against their kind's declarations (`TOWER_FIELDS`), since their names are the user's
-modality names.
+against their kind's declarations (`FIELDS` of the kind's module, xmodal/towers), since
+their names are the user's modality names.
 
 Config files in `configs/` start from `get_config()` and change what they need:
 
@@ -20,148 +20,29 @@ Config files in `configs/` start from `get_config()` and change what they need:
 
 import ml_collections
 
+from xmodal import towers
 from xmodal.data import shapes
 from xmodal.fields import Field
 
 ConfigDict = ml_collections.ConfigDict
 
-_ACT = ("gelu_tanh", "gelu", "quick_gelu", "relu")
-_REMAT = ("none", "full", "dots")
-_POOL = ("gap", "cls", "map")
-
-
 # ----------------------------------------------------------------------------- towers
-
-def _transformer_fields(pool=("gap", _POOL)) -> dict:
-  """Fields every transformer tower shares: size, speed, head."""
-  return dict(
-      width=Field(96, "model width (token features)", gt=0),
-      depth=Field(2, "transformer blocks", gt=0),
-      num_heads=Field(4, "attention heads (must divide width)", gt=0),
-      mlp_ratio=Field(4.0, "MLP hidden units = mlp_ratio x width (unless mlp_dim)", gt=0),
-      mlp_dim=Field(0, "MLP hidden units; 0 = mlp_ratio x width", ge=0),
-      act=Field("gelu_tanh", "MLP activation ('quick_gelu' is OpenAI CLIP's)", choices=_ACT),
-      layer_norm_eps=Field(1e-6, "LayerNorm epsilon", gt=0),
-      remat=Field("none", "recompute in backward: 'full' (whole blocks), 'dots' (keep "
-                  "matmuls) or 'none'", choices=_REMAT),
-      scan=Field(False, "nn.scan over blocks (params stacked under transformer/blocks)"),
-      pool=Field(pool[0], "pooling of the tokens: 'gap' (mean), 'cls' (class token) or "
-                 "'map' (attention pooling)", choices=pool[1]),
-      head=Field("linear", "projection to model.embed_dim: 'linear', 'mlp' (2-layer "
-                 "projector) or 'none' (width == embed_dim)", choices=("linear", "mlp", "none")),
-      head_bias=Field(False, "a bias in the head's last layer"),
-      head_hidden=Field(0, "hidden units of the 'mlp' head; 0 = width", ge=0),
-  )
-
-
-def _image_text_fields() -> dict:
-  """Fields the vit and text towers add: pre/post-LN layout (xmodal's towers are pre-LN;
-  converted BERT towers are post-LN)."""
-  return dict(
-      norm_first=Field(True, "pre-LN blocks (CLIP, ViT); False = post-LN (BERT)"),
-      pre_norm=Field(False, "LayerNorm after the embeddings (CLIP ViT ln_pre, BERT emb. LN)"),
-      final_norm=Field(True, "LayerNorm after the last block"),
-  )
-
-
-TOWER_FIELDS = {
-    # A ViT image tower (models/vit.py). Input: uint8 images [B, H, W, 3].
-    "vit": dict(
-        kind=Field("vit", "tower kind"),
-        **_transformer_fields(),
-        **_image_text_fields(),
-        patch_size=Field(8, "pixels per patch side (data.image_size must be a multiple)", gt=0),
-        variant=Field("", "'B/16', 'L/14', ...: sets width/depth/num_heads/mlp_dim/"
-                      "patch_size"),
-        pos_embed=Field("learned", "position embeddings: 'learned', 'sincos2d' (fixed) or "
-                        "'none'", choices=("learned", "sincos2d", "none")),
-        patch_dropout=Field(0.0, "FLIP: fraction of patch tokens dropped at train time",
-                            ge=0, lt=1),
-        norm_mean=Field((0.48145466, 0.4578275, 0.40821073),
-                        "pixel normalisation mean (CLIP's; SigLIP: (0.5,)*3)"),
-        norm_std=Field((0.26862954, 0.26130258, 0.27577711),
-                       "pixel normalisation std (CLIP's; SigLIP: (0.5,)*3)", gt=0),
-    ),
-    # A Transformer text tower (models/text.py). Input: int32 token ids [B, L] from the
-    # tokenizer: [prefix, text, EOS, PAD...]; the trailing run of its pad id is padding.
-    "text": dict(
-        kind=Field("text", "tower kind"),
-        **_transformer_fields(pool=(
-            "eot", ("eot", "argmax", "last", "mean", "first"))),
-        **_image_text_fields(),
-        causal=Field(True, "CLIP-style causal attention mask; False = bidirectional"),
-        vocab_size=Field(0, "token embeddings; 0 = the tokenizer's, else at least the "
-                         "tokenizer's", ge=0),
-        context_length=Field(0, "position embeddings; 0 = data.context_length, else at "
-                             "least it", ge=0),
-        type_vocab_size=Field(0, "BERT token-type embeddings (type 0 is added); 0 = none",
-                              ge=0),
-    ),
-    # Audio (models/modalities.py): log-mel [B, frames, n_mels] -> patch transformer.
-    "audio": dict(
-        kind=Field("audio", "tower kind"),
-        **_transformer_fields(),
-        frames=Field(64, "log-mel frames per example", gt=0),
-        n_mels=Field(32, "mel bands", gt=0),
-        patch_size=Field(8, "spectrogram patch side (frames and bands)", gt=0),
-        sample_rate=Field(16000, "waveform sample rate of the log-mel front end", gt=0),
-        n_fft=Field(400, "FFT size of the log-mel front end", gt=0),
-        hop=Field(160, "hop length of the log-mel front end", gt=0),
-    ),
-    # Video: uint8 frames [B, frames, S, S, 3] (S = data.image_size) -> per-frame ViT ->
-    # temporal "mean" or "attention" (temporal_depth blocks).
-    "video": dict(
-        kind=Field("video", "tower kind"),
-        **_transformer_fields(),
-        frames=Field(4, "frames per clip", gt=0),
-        patch_size=Field(8, "pixels per patch side", gt=0),
-        temporal=Field("mean", "over frames: 'mean' or 'attention' (a temporal transformer)",
-                       choices=("mean", "attention")),
-        temporal_depth=Field(1, "blocks of the temporal transformer", gt=0),
-    ),
-    # 3-D volumes [B, slices, size, size] -> per-slice patch transformer -> MAP over slices.
-    "volume": dict(
-        kind=Field("volume", "tower kind"),
-        **_transformer_fields(),
-        slices=Field(8, "slices per volume", gt=0),
-        size=Field(16, "slice side in voxels", gt=0),
-        patch_size=Field(8, "voxels per patch side of a slice", gt=0),
-    ),
-    # Vectors / tabular rows [B, features].
-    "vector": dict(
-        kind=Field("vector", "tower kind"),
-        **_transformer_fields(),
-        features=Field(16, "input features per row", gt=0),
-        encoder=Field("mlp", "'mlp' (residual MLP), 'transformer' (a token per feature) or "
-                      "'identity' (cached features of a frozen encoder; pair with "
-                      "head='mlp')", choices=("mlp", "transformer", "identity")),
-    ),
-    # 1-D signals [B, length, channels] -> patches of patch_len steps -> transformer.
-    "signal": dict(
-        kind=Field("signal", "tower kind"),
-        **_transformer_fields(),
-        length=Field(128, "time steps per example", gt=0),
-        channels=Field(1, "channels (leads)", gt=0),
-        patch_len=Field(16, "time steps per patch", gt=0),
-    ),
-}
-
+# Each tower kind declares its own fields in its module (xmodal/towers/<kind>.py, or any
+# module named by its path); these functions look them up.
 
 def tower_kinds() -> tuple[str, ...]:
-  return tuple(TOWER_FIELDS)
+  """The tower kinds that ship with xmodal (modules of xmodal/towers)."""
+  return towers.kinds()
 
 
 def tower_fields(kind: str) -> dict:
-  """The declared fields of one tower kind."""
-  if kind not in TOWER_FIELDS:
-    raise ValueError(f"unknown tower kind {kind!r}; known: {sorted(TOWER_FIELDS)}")
-  return TOWER_FIELDS[kind]
+  """The declared fields of one tower kind (a name or a module path)."""
+  return towers.fields_of(kind)
 
 
 def tower_defaults(kind: str) -> ConfigDict:
   """The defaults of one tower kind, as a config section."""
-  from xmodal import fields
-  return fields.defaults(tower_fields(kind))
+  return towers.defaults(kind)
 
 
 # Older spellings, kept for config files that call them.
@@ -175,8 +56,15 @@ def text_defaults() -> ConfigDict:
 
 # ----------------------------------------------------------------------------- the run
 
-_SOURCES = ("shapes", "manifest", "webdataset", "arrayrecord", "tfds", "mixture",
-            "synthetic", "features")
+def _source_choices():
+  from xmodal.data import source_kinds   # noqa: PLC0415 (a registry of modules)
+  return source_kinds.choices()
+
+
+def _eval_source_choices():
+  from xmodal.data import source_kinds   # noqa: PLC0415
+  return source_kinds.eval_choices()
+
 
 SCHEMA = dict(
     seed=Field(0, "seeds initialisation, data order and augmentation", ge=0),
@@ -229,13 +117,14 @@ SCHEMA = dict(
     data=dict(
         source=Field("shapes", "'shapes' (embedded), 'manifest' (JSONL/CSV/Parquet rows), "
                      "'webdataset' (tar shards), 'arrayrecord' (xmodal records), 'tfds' "
-                     "(tfds.data_source), 'mixture', 'synthetic' or 'features'",
-                     choices=_SOURCES),
+                     "(tfds.data_source), 'h5ad' (AnnData observations), 'mixture', "
+                     "'synthetic' or 'features'",
+                     choices=_source_choices),
         train_files=Field("", "files of the train split: brace patterns and/or globs, several "
                           "separated by ';', e.g. '/data/laion/{00000..00127}.tar'"),
         eval_files=Field("", "files of the eval split (same forms as train_files)"),
         eval_source=Field("", "kind of the eval split; '' = data.source (not mixture)",
-                          choices=("",) + tuple(s for s in _SOURCES if s != "mixture")),
+                          choices=_eval_source_choices),
         train_manifest=Field("", "manifest source: same as train_files (older name)"),
         eval_manifest=Field("", "manifest source: same as eval_files (older name)"),
         mixture=Field("", "'KIND:PATTERN@WEIGHT; ...' e.g. 'webdataset:/d/a/{000..127}.tar@0.7; "
@@ -246,6 +135,9 @@ SCHEMA = dict(
         tfds_eval_split=Field("validation", "tfds split string of the eval split"),
         tfds_keys=Field("image=image,caption=caption", "ROLE=FEATURE[/NESTED], roles image, "
                         "caption, label"),
+        genes=Field("", "h5ad sources: the gene panel (a file of gene names, one a line, or "
+                    "names separated by ','), the order of each record's 'expression'; '' = "
+                    "the file's genes"),
         image_key=Field("image", "manifest column holding the image path or bytes"),
         caption_key=Field("caption", "manifest column / webdataset json field: caption(s)"),
         label_key=Field("label", "manifest column / webdataset json field: class index"),

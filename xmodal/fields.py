@@ -108,10 +108,14 @@ def defaults(schema: dict) -> ml_collections.ConfigDict:
       for key, spec in schema.items()})
 
 
-def closest(key: str, known, prefix: str = "") -> str:
-  """'; did you mean config.<prefix>X?' for the known key X nearest a typo, or ''."""
+def closest(key: str, known, prefix: str | None = None) -> str:
+  """'; did you mean 'X'?' for the known name X nearest a typo, or ''; with `prefix` (a
+  config section, "" at the top) the dotted key: '; did you mean config.<prefix>X?'."""
   match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
-  return f"; did you mean config.{prefix}{match[0]}?" if match else ""
+  if not match:
+    return ""
+  return f"; did you mean {match[0]!r}?" if prefix is None else (
+      f"; did you mean config.{prefix}{match[0]}?")
 
 
 def check(node, schema: dict, prefix: str = "", skip: tuple = ()) -> None:

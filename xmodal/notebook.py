@@ -106,8 +106,9 @@ class LoadedModel:
     """Raw inputs -> the tower's input array. Images: uint8 arrays [N, H, W, C] (any H, W;
     C = 1, 3, or 4 with alpha), a list of such arrays, PIL images or file paths;
     transparency is composited onto data.alpha_background as in training. Text: a list of
-    strings (or int token ids [N, L]). Other towers (audio, video, volume, vector,
-    signal): arrays already in the tower's input format."""
+    strings (or int token ids [N, L]). Other towers (audio, video, volume, vector, signal):
+    arrays already in the tower's input format, or a list of files / bytes / arrays,
+    decoded and prepared as in evaluation (e.g. audio=["a.wav", "b.flac"])."""
     kind = self.config.towers[modality].kind
     if kind == "text":
       if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "iu":
@@ -120,7 +121,7 @@ class LoadedModel:
         inputs = [inputs]
       return self.tokenizer.encode_batch(list(inputs))
     if kind != "vit":
-      return np.asarray(inputs)
+      return self._prepare_records(modality, inputs)
     d = self.config.data
     background = tuple(d.get("alpha_background", transforms.WHITE))
     out = []
@@ -132,6 +133,22 @@ class LoadedModel:
       pixels = transforms.resize_center_crop(item, d.image_size, background)
       out.append(transforms.finalize(pixels, d.image_dtype, d.normalize))
     return np.stack(out)
+
+  def _prepare_records(self, modality: str, inputs) -> np.ndarray:
+    """Other towers: an array already in the tower's input format [N, ...], or a list of
+    record values (file paths, bytes, arrays) decoded and prepared as evaluation does."""
+    from xmodal import towers   # noqa: PLC0415
+    from xmodal.data import decoders   # noqa: PLC0415
+    cfg = towers.with_defaults(self.config.towers[modality])
+    module = towers.get(cfg.kind)
+    shape, _ = module.input_spec(cfg, self.config)
+    if (isinstance(inputs, np.ndarray) and inputs.shape[1:] == tuple(shape)) or not hasattr(
+        module, "preparer"):
+      return np.asarray(inputs)
+    prepare = module.preparer(cfg, self.config)
+    decode = getattr(module, "DECODE", False)
+    return np.stack([prepare(decoders.decode(x, cfg.get("decoder", "auto")) if decode else x,
+                             False, np.random.default_rng(0)) for x in inputs])
 
   def encode(self, **inputs) -> dict:
     """encode(image=imgs, text=["a dog"]) -> {modality: float32 [N, D] unit vectors}."""

@@ -16,8 +16,8 @@ import optax
 
 from xmodal import checkpoint, config as config_lib, embed, evaluate, losses, metrics as metrics_lib
 from xmodal import guard, init as init_lib, interrupt, microbatch, optim, parallel
-from xmodal import progress, sharding
-from xmodal.data import pipeline
+from xmodal import progress, sharding, towers
+from xmodal.data import bad as bad_lib, pipeline
 from xmodal.models import model as model_lib
 
 
@@ -122,7 +122,7 @@ def _schema_defaults(config) -> dict:
   tree = json.loads(default_config.get_config().to_json())
   tree["towers"] = {name: json.loads(default_config.tower_defaults(tower.kind).to_json())
                     for name, tower in config.towers.items()
-                    if tower.get("kind") in default_config.tower_kinds()}
+                    if towers.known(tower.get("kind"))}
   return _flatten(tree)
 
 
@@ -209,6 +209,9 @@ def _train(config, workdir: str, mesh, signals) -> dict:
       print(f"initialised from {config.init.source}", flush=True)
     init_lib.check_frozen(config, state["params"], loaded)
   skipped_total = meta["skipped"] if meta is not None else 0      # over all processes
+  # ... and by reason (data/skipped/<reason>); checkpoints from before reasons start at 0.
+  by_reason_total = np.asarray((meta or {}).get("skipped_by_reason", [0] * len(
+      bad_lib.REASONS)), np.int64)
   eval_data = pipeline.eval_arrays(config)
   embedder = embed.Embedder(model, mesh, config.eval.batch_size)
   print(f"model: {num_params / 1e6:.2f}M params; towers {list(config.towers)}; "
@@ -237,23 +240,34 @@ def _train(config, workdir: str, mesh, signals) -> dict:
   total = config.train.total_steps
   pending = []                      # per-step metrics (device arrays) since the last log
   skipped_local = 0                 # this process's bad rows since the last log/checkpoint
+  by_reason_local = np.zeros(len(bad_lib.REASONS), np.int64)      # ... by reason
   epoch = 0                         # the newest epoch this process has read from
   clock = progress.Clock(start, total, config.batch_size, bar=jax.process_index() == 0)
   nonfinite = guard.SkipCounter(config.train.max_nonfinite_steps, config=config,
                                 before_stop=ckpt.wait, **(meta or {}).get("nonfinite", {}))
+
+  def sum_skipped():                # a collective: every process calls it at the same steps
+    nonlocal skipped_total, by_reason_total, skipped_local, by_reason_local
+    summed = parallel.sum_over_processes(np.concatenate([[skipped_local], by_reason_local]))
+    skipped_total += int(summed[0])
+    by_reason_total = by_reason_total + summed[1:]
+    skipped_local, by_reason_local = 0, np.zeros_like(by_reason_local)
 
   def save(done):
     nonfinite.check()
     consumed = (stream["first_example"] + (done - stream["step"]) * config.batch_size
                 + skipped_total - stream["skipped"])
     ckpt.save(done, state, data_iter, {
-        "step": done, "skipped": skipped_total, "process_count": jax.process_count(),
-        "num_workers": config.data.num_workers, "examples_consumed": consumed,
-        "stream": stream, "nonfinite": nonfinite.state()}, force=True)
+        "step": done, "skipped": skipped_total,
+        "skipped_by_reason": [int(c) for c in by_reason_total],
+        "process_count": jax.process_count(), "num_workers": config.data.num_workers,
+        "examples_consumed": consumed, "stream": stream, "nonfinite": nonfinite.state()},
+        force=True)
 
   for step in range(start, total):
     local = clock.next(data_iter)
     skipped_local += int(local["skipped"].sum())
+    by_reason_local = by_reason_local + local[pipeline.SKIPPED_REASONS_KEY].sum(0)
     epoch = max(epoch, int(local["epoch"].max()))
     batch = parallel.global_batch(mesh, {k: local[k] for k in batch_keys})
     state, step_metrics = step_fn(state, batch)
@@ -270,15 +284,14 @@ def _train(config, workdir: str, mesh, signals) -> dict:
     log_now = done % config.train.log_every == 0 or done == total
     save_now = done % config.train.checkpoint_every == 0 or done == total
     if log_now or save_now:         # every process takes part in this sum
-      skipped_total += parallel.sum_over_processes(skipped_local)
-      skipped_local = 0
+      sum_skipped()
       nonfinite.check()
     if log_now:
       fetched = jax.device_get(pending)
       logged = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
       logged.update(clock.interval(done, logged["loss"]))
-      logged.update({"data/skipped": skipped_total, "data/epoch": epoch,
-                     "train/skipped_steps": nonfinite.total})
+      logged.update({"data/skipped": skipped_total, **bad_lib.named(by_reason_total),
+                     "data/epoch": epoch, "train/skipped_steps": nonfinite.total})
       writer.write(done, logged)
       pending = []
 
@@ -288,8 +301,7 @@ def _train(config, workdir: str, mesh, signals) -> dict:
       save(done)
     if signals.stop_now(sync_point=log_now or save_now):   # SIGINT / SIGTERM: save, stop
       if not save_now:
-        skipped_total += parallel.sum_over_processes(skipped_local)
-        skipped_local = 0
+        sum_skipped()
         save(done)
       ckpt.wait()
       raise interrupt.Interrupted(signals.signum, done, os.path.join(ckpt.directory, str(done)))

@@ -372,7 +372,14 @@ TOKENIZERS = {"bytes": None, "sentencepiece": SentencePieceTokenizer, "hf": HFTo
               "clip": ClipBPETokenizer}
 
 
+@functools.lru_cache(maxsize=8)
 def make_tokenizer(kind: str, context_length: int, path: str = "", lowercase: bool = False):
+  """The tokenizer of `kind`; cached, so a run resolves (and loads) it once however many
+  towers, preparers and evaluators ask for it."""
+  return _make_tokenizer(kind, context_length, path, lowercase)
+
+
+def _make_tokenizer(kind: str, context_length: int, path: str = "", lowercase: bool = False):
   if kind == "bytes":
     return ByteTokenizer(context_length, lowercase)
   if kind not in TOKENIZERS:

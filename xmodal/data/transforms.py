@@ -44,6 +44,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+from xmodal.data import bad
+
 # The loader parallelises over worker processes and read threads; OpenCV's own thread pool
 # on top of that would oversubscribe the cores for these small images.
 cv2.setNumThreads(1)
@@ -127,9 +129,23 @@ def as_rgb(pixels: np.ndarray, background=WHITE) -> np.ndarray:
   return pixels
 
 
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
 def to_rgb(img: Image.Image, background=WHITE) -> Image.Image:
   """A PIL image of any mode -> RGB, transparency composited onto `background` (PIL's
-  masked paste: the same rounding as `composite`, ~4x faster on large images)."""
+  masked paste: the same rounding as `composite`, ~4x faster on large images).
+
+  16-bit grey (PNG) maps to 8 bits by rounding x / 257 (65535 -> 255): PIL's own convert
+  clips it at 255, so a 16-bit PNG would decode white. Pixels with no faithful 8-bit
+  mapping (32-bit integers or floats, e.g. TIFF) raise BadData("unsupported") instead of
+  being clipped."""
+  if img.mode in _SIXTEEN_BIT or (img.mode == "I" and img.format == "PNG"):
+    x = np.asarray(img).astype(np.uint32)
+    return Image.fromarray(((x + 128) // 257).astype(np.uint8)).convert("RGB")
+  if img.mode in ("I", "F"):
+    raise bad.BadData("unsupported", f"{img.format} image in mode {img.mode!r} (32-bit "
+                      f"pixels): no faithful 8-bit mapping")
   if not has_alpha(img):
     return img if img.mode == "RGB" else img.convert("RGB")
   rgba = img.convert("RGBA")

@@ -53,4 +53,6 @@ def run(config, embedder, params, data) -> tuple[dict, dict]:
   # Embeddings with a NaN or inf (every modality): scored as misses above.
   metrics["eval/nonfinite"] = sum(retrieval.nonfinite_rows(v) for v in z.values())
   metrics["eval/skipped"] = data["skipped"]
+  for key, count in data.get("skipped_reasons", {}).items():   # "data/skipped/<reason>"
+    metrics["eval/" + key.split("/", 1)[1]] = count
   return metrics, z
