@@ -8,7 +8,6 @@ files, a text context the tower cannot embed, ...
 """
 
 import contextlib
-import contextlib
 import os
 import re
 
@@ -54,7 +53,22 @@ def upgrade(config):
     with node.unlocked() if locked else contextlib.nullcontext():
       del node[old_key]
       node[new_key] = value or current
+  _add_default_tasks(config)
   return config
+
+
+def _add_default_tasks(config) -> None:
+  """A config saved before evaluation tasks existed evaluates as it did then: the default
+  tasks (retrieval and zero-shot on its held-out split)."""
+  section = config.get("eval") if hasattr(config, "get") else None
+  if section is None or not hasattr(section, "keys") or "tasks" in section.keys():
+    return
+  tasks = default_config.default_tasks()
+  if isinstance(section, ml_collections.ConfigDict):
+    with section.unlocked():
+      section.tasks = ml_collections.ConfigDict(tasks)
+  else:
+    section["tasks"] = {name: task.to_dict() for name, task in tasks.items()}
 
 
 def rename_overrides(argv: list[str]) -> list[str]:
@@ -231,6 +245,7 @@ def validate(config, num_devices: int) -> None:
       except (re.error, TypeError) as e:
         raise ConfigError(f"config.{field}: {pattern!r} is not a regex ({e})") from None
   _validate_eval_prompts(config)
+  _validate_eval_tasks(config)
 
 
 def _check_files(name: str, pattern: str, why: str):
@@ -275,6 +290,39 @@ def _validate_eval_split(config):
     _check_kind(config, kind, "eval", "data.eval_files", d.eval_files)
 
 
+def _validate_train_split(config):
+  from xmodal.data import pipeline
+  d = config.data
+  if d.source == "mixture":
+    try:
+      parts = pipeline.parse_mixture(d.mixture)
+    except ValueError as e:
+      raise ConfigError(f"config.data.mixture: {e}") from None
+    for kind, pattern, _ in parts:
+      _check_kind(config, kind, "train", "data.mixture", pattern)
+  elif d.source == "manifest":
+    field = "data.train_files" if d.train_files else "data.train_manifest"
+    _check_kind(config, "manifest", "train", field, d.train_files or d.train_manifest)
+  elif d.source == "tfds":
+    _check_kind(config, "tfds", "train", "data.tfds_train_split", d.tfds_train_split)
+  elif d.source not in ("shapes", "synthetic"):
+    _check_kind(config, d.source, "train", "data.train_files", d.train_files)
+
+
+def validate_splits(config, splits) -> None:
+  """The files of the given splits ("train", "eval") of config.data exist."""
+  if "train" in splits:
+    _validate_train_split(config)
+  if "eval" in splits:
+    _validate_eval_split(config)
+
+
+def _validate_eval_tasks(config):
+  """Each task of config.eval.tasks: its kind, fields, data and the kind's own rules."""
+  from xmodal.evaluate import kinds
+  kinds.check(config)
+
+
 def _validate_eval_prompts(config):
   if config.eval.classnames and not os.path.exists(config.eval.classnames):
     raise ConfigError(f"config.eval.classnames: no such file {config.eval.classnames!r}")
@@ -291,29 +339,16 @@ def validate_eval(config) -> None:
     fields.check(config[section], default_config.SCHEMA[section], section + ".")
   _validate_eval_split(config)
   _validate_eval_prompts(config)
+  _validate_eval_tasks(config)
 
 
 def _validate_data(config):
   d = config.data
   from xmodal.data import pipeline, tokenizer
-  # Train split.
-  if d.source == "mixture":
-    try:
-      parts = pipeline.parse_mixture(d.mixture)
-    except ValueError as e:
-      raise ConfigError(f"config.data.mixture: {e}") from None
-    for kind, pattern, _ in parts:
-      _check_kind(config, kind, "train", "data.mixture", pattern)
-    if not d.eval_source:
-      raise ConfigError("config.data.eval_source: required when data.source='mixture' (the "
-                        "kind of the eval split, read from data.eval_files / tfds_eval_split)")
-  elif d.source == "manifest":
-    field = "data.train_files" if d.train_files else "data.train_manifest"
-    _check_kind(config, "manifest", "train", field, d.train_files or d.train_manifest)
-  elif d.source == "tfds":
-    _check_kind(config, "tfds", "train", "data.tfds_train_split", d.tfds_train_split)
-  elif d.source not in ("shapes", "synthetic"):
-    _check_kind(config, d.source, "train", "data.train_files", d.train_files)
+  _validate_train_split(config)
+  if d.source == "mixture" and not d.eval_source:
+    raise ConfigError("config.data.eval_source: required when data.source='mixture' (the "
+                      "kind of the eval split, read from data.eval_files / tfds_eval_split)")
   _validate_eval_split(config)
   # Images and text.
   if d.image_dtype == "uint8" and d.normalize != "none":

@@ -10,7 +10,6 @@ the run's own event files would make TensorBoard drop the run's later points.
 import json
 
 from xmodal import config as config_lib, config_cli, evaluate, metrics as metrics_lib, notebook
-from xmodal.data import pipeline
 
 # What `xmodal eval` may change: what the evaluation reads. A prefix ends with ".".
 EVAL_FIELDS = ("eval.", "data.eval_source", "data.eval_files", "data.eval_manifest",
@@ -66,10 +65,10 @@ def eval_config(workdir: str, config_file: str | None = None, overrides=()):
 
 def evaluate_workdir(workdir: str, step: int | None = None, config=None) -> dict:
   """Evaluates the run in `workdir` at `step` (default: newest) with `config` (default:
-  the run's own, see `eval_config`); returns the metrics."""
+  the run's own, see `eval_config`): every task of its eval.tasks. Returns the metrics."""
   loaded = notebook.load(workdir, step, config=config)
-  data = pipeline.eval_arrays(loaded.config)
-  results, _ = evaluate.run(loaded.config, loaded.embedder, loaded.params, data)
+  evaluation = evaluate.Evaluation(loaded.config, loaded.model, loaded.mesh)
+  results = evaluation.run(loaded.params, loaded.step)
   writer = metrics_lib.MetricWriter(workdir, run=f"eval_step{loaded.step}")
   writer.write(loaded.step, results, "eval: ")
   writer.close()

@@ -98,7 +98,10 @@ def ranks(queries, gallery, positives, mesh, query_block: int = 1024) -> tuple[n
   shard_rows = -(-num_gallery // n)
   padded = np.zeros((shard_rows * n, gallery.shape[1]), np.float32)   # masked on device
   padded[:num_gallery] = gallery
-  g = jax.device_put(padded, NamedSharding(mesh, P(axes)))
+  # Every process holds the same numpy gallery; each device takes its rows (also across
+  # processes, where device_put of host data onto other hosts' devices is refused).
+  g = jax.make_array_from_callback(padded.shape, NamedSharding(mesh, P(axes)),
+                                  lambda idx: padded[idx])
   block = min(query_block, max(len(queries), 1))
   fn = _ranker(mesh, shard_rows, num_gallery)
   out, nonfinite = [], 0
