@@ -21,7 +21,7 @@ def test_metrics_equal_their_definitions():
                              np.linalg.norm(a.mean(0) - b.mean(0)))
   np.testing.assert_allclose(geometry.alignment(a, b), np.mean(np.sum((a - b) ** 2, axis=1)))
   m = geometry.pair_metrics("image", a, "text", b)
-  assert set(m) == {"image:text/gap", "image:text/alignment", "image/uniformity",
+  assert set(m) == {"image-text/gap", "image-text/alignment", "image/uniformity",
                     "text/uniformity", "image/effective_rank", "text/effective_rank"}
 
 

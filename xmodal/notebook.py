@@ -101,6 +101,7 @@ class LoadedModel:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     batch = max(shards, (config.eval.batch_size // shards) * shards)
     self.embedder = embed.Embedder(self.model, mesh, batch)
+    self._evaluation = None            # the last `evaluate`'s, with its prepared inputs
 
   def preprocess(self, modality: str, inputs) -> np.ndarray:
     """Raw inputs -> the tower's input array. Images: uint8 arrays [N, H, W, C] (any H, W;
@@ -159,6 +160,29 @@ class LoadedModel:
                                          "force_terminal": False})
     return self.model.tabulate(jax.random.key(0), model_lib.dummy_inputs(self.config),
                                depth=depth, **kwargs)
+
+  def evaluate(self, task="retrieval", **options) -> dict:
+    """Runs one evaluation task on this model -> {metric: float} (no task prefix).
+
+    `task`: a kind name with its options as keywords (`m.evaluate("zeroshot",
+    prompts="cifar10", data=dict(eval_source="tfds", tfds_name="cifar10", ...))`), or a
+    task section (a dict or ConfigDict, as in config.eval.tasks). The task is checked as a
+    config's would be (ConfigError naming the field)."""
+    from xmodal import default_config  # noqa: PLC0415
+    from xmodal.evaluate import harness, kinds  # noqa: PLC0415
+    given = dict(task) if isinstance(task, (dict, ml_collections.ConfigDict)) else {"kind": task}
+    given.update(options)
+    config = ml_collections.ConfigDict(self.config.to_dict())
+    with config.unlocked():
+      if "eval" not in config:
+        config.eval = default_config.get_config().eval
+      config.eval.tasks = ml_collections.ConfigDict({"task": kinds.with_defaults(given)})
+    kinds.check(config)
+    if self._evaluation is None or self._evaluation.config.to_dict() != config.to_dict():
+      self._evaluation = harness.Evaluation(config, self.model, self.mesh,
+                                            embedder=self.embedder)
+    return harness.run_task(self._evaluation.context_for(self.params, self.step), "task",
+                            self._evaluation.tasks["task"])
 
   def text_modality(self) -> str:
     """The name of the model's text tower (kind "text"); an error if it has none or several."""

@@ -49,10 +49,11 @@ def effective_rank(x) -> float:
 
 
 def pair_metrics(a_name: str, a, b_name: str, b) -> dict:
-  """Flat metrics for one modality pair: "<a>:<b>/gap", "<a>:<b>/alignment", and per
-  modality "<m>/uniformity", "<m>/effective_rank"."""
-  out = {f"{a_name}:{b_name}/gap": modality_gap(a, b),
-         f"{a_name}:{b_name}/alignment": alignment(a, b)}
+  """Flat metrics for one modality pair: "<a>-<b>/gap", "<a>-<b>/alignment", and per
+  modality "<m>/uniformity", "<m>/effective_rank" (TensorBoard-safe names, as the losses'
+  "loss/<a>-<b>")."""
+  out = {f"{a_name}-{b_name}/gap": modality_gap(a, b),
+         f"{a_name}-{b_name}/alignment": alignment(a, b)}
   for name, x in ((a_name, a), (b_name, b)):
     out[f"{name}/uniformity"] = uniformity(x)
     out[f"{name}/effective_rank"] = effective_rank(x)

@@ -35,10 +35,10 @@ def run_task(context: Context, name: str, task) -> dict:
 class Evaluation:
   """The tasks of one run, with the embedder and the prepared inputs they share."""
 
-  def __init__(self, config, model, mesh, tasks=None):
+  def __init__(self, config, model, mesh, tasks=None, embedder=None):
     self.config = config
     self.tasks = resolve(config) if tasks is None else tasks
-    self.embedder = embed.Embedder(model, mesh, config.eval.batch_size)
+    self.embedder = embedder or embed.Embedder(model, mesh, config.eval.batch_size)
     self.context = Context(config, self.embedder)
     self.times = {}                 # task -> seconds, last round
 
@@ -53,7 +53,7 @@ class Evaluation:
     "eval/time_s", "eval/nonfinite"}."""
     names = list(self.tasks) if names is None else names
     t0 = time.time()
-    self.context.new_round(params, step)
+    self.context_for(params, step)
     out = {}
     for name in names:
       t = time.time()
@@ -66,6 +66,11 @@ class Evaluation:
     out["eval/nonfinite"] = self.context.nonfinite
     out["eval/time_s"] = time.time() - t0
     return out
+
+  def context_for(self, params, step: int) -> Context:
+    """The shared context, set to a new round with `params`."""
+    self.context.new_round(params, step)
+    return self.context
 
   def run_due(self, step: int, params, final: bool = False) -> dict | None:
     names = self.due(step, final)

@@ -23,6 +23,7 @@ This package imports nothing heavy: configs are checked (and docs/config.md rend
 without JAX; a kind imports its numerics inside `run`.
 """
 
+import difflib
 import importlib
 import pkgutil
 import re
@@ -143,7 +144,8 @@ def check(config) -> None:
     try:
       schema = fields(kind)
     except ValueError as e:
-      hint = fields_lib.closest(str(kind), names()) if "." not in str(kind) else ""
+      close = difflib.get_close_matches(str(kind), names(), n=1, cutoff=0.5)
+      hint = f"; did you mean {close[0]!r}?" if close and "." not in str(kind) else ""
       raise ConfigError(f"config.{where}.kind: {e}{hint}") from None
     fields_lib.check(task, schema, where + ".", skip=(DATA,))
     data = task.get(DATA, ml_collections.ConfigDict())

@@ -34,13 +34,18 @@ def pairs_of(config, task) -> list[tuple[str, str]]:
   return config_lib.loss_pairs(config)
 
 
-def check(config, task, where: str) -> None:
+def check_pairs(config, pairs, where: str) -> None:
   towers = list(config.towers.keys())
-  for pair in task.pairs:
+  for pair in pairs:
     parts = pair.split(":")
     if len(parts) != 2 or parts[0] == parts[1] or any(p not in towers for p in parts):
       raise ConfigError(f"config.{where}.pairs: {pair!r} must be 'a:b' with two different "
                         f"tower names from {towers}")
+
+
+def check(config, task, where: str) -> None:
+  check_pairs(config, task.pairs, where)
+  towers = list(config.towers.keys())
   if task.captions == "all":
     texts = [m for m, t in config.towers.items() if t.kind == "text"]
     if len(texts) != 1 or not any(texts[0] in p for p in pairs_of(config, task)):
