@@ -282,7 +282,8 @@ def _validate_eval_split(config):
   d = config.data
   kind = d.eval_source or d.source
   if kind == "manifest":
-    field = "data.eval_files" if d.eval_files else "data.eval_manifest"
+    field = "data.eval_manifest" if d.eval_manifest and not d.eval_files else (
+        "data.eval_files")
     _check_kind(config, "manifest", "eval", field, d.eval_files or d.eval_manifest)
   elif kind == "tfds":
     _check_kind(config, "tfds", "eval", "data.tfds_eval_split", d.tfds_eval_split)
@@ -301,7 +302,9 @@ def _validate_train_split(config):
     for kind, pattern, _ in parts:
       _check_kind(config, kind, "train", "data.mixture", pattern)
   elif d.source == "manifest":
-    field = "data.train_files" if d.train_files else "data.train_manifest"
+    # The older name only when it is the one set.
+    field = "data.train_manifest" if d.train_manifest and not d.train_files else (
+        "data.train_files")
     _check_kind(config, "manifest", "train", field, d.train_files or d.train_manifest)
   elif d.source == "tfds":
     _check_kind(config, "tfds", "train", "data.tfds_train_split", d.tfds_train_split)

@@ -64,18 +64,20 @@ def get(kind: str):
   """The module of a kind, by name or module path; ValueError if there is none."""
   if kind in names():
     return importlib.import_module(f"{__name__}.{kind}")
-  if "." in kind:
-    try:
-      module = importlib.import_module(kind)
-    except ImportError as e:
+  try:
+    module = importlib.import_module(kind) if kind and not kind.startswith(".") else None
+  except ModuleNotFoundError as e:
+    if "." in kind or e.name != kind:    # a path, or a module that imports something missing
       raise ValueError(f"cannot import evaluator module {kind!r}: {e}") from None
-    missing = [a for a in ("FIELDS", "run") if not hasattr(module, a)]
-    if missing:
-      raise ValueError(f"module {kind!r} is not an evaluator: it defines no "
-                       f"{' or '.join(missing)} (see xmodal/evaluate/kinds/__init__.py)")
-    return module
-  raise ValueError(f"unknown evaluation kind {kind!r}; known: {', '.join(names())} (or a "
-                   f"module path)")
+    module = None
+  if module is None:
+    raise ValueError(f"unknown evaluation kind {kind!r}; known: {', '.join(names())} (or a "
+                     f"module path)")
+  missing = [a for a in ("FIELDS", "run") if not hasattr(module, a)]
+  if missing:
+    raise ValueError(f"module {kind!r} is not an evaluator: it defines no "
+                     f"{' or '.join(missing)} (see xmodal/evaluate/kinds/__init__.py)")
+  return module
 
 
 def fields(kind: str) -> dict:
