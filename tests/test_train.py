@@ -41,7 +41,7 @@ def test_loss_goes_down_and_retrieval_beats_chance(trained):
   _, workdir, final = trained
   losses = list(_losses(workdir).values())
   assert losses[-1] < 0.75 * losses[0], losses
-  chance_r10 = 10 / final["eval/examples"]
+  chance_r10 = 10 / final["retrieval/examples"]
   assert final["retrieval/image_to_text/R10"] > 2 * chance_r10, final
   assert final["zeroshot/top1"] > 2 * final["zeroshot/chance"], final
 
@@ -185,7 +185,7 @@ def test_a_start_that_fails_before_step_1_leaves_the_workdir_as_it_was(tmp_path)
   assert sorted(os.listdir(workdir)) == ["notes.txt"]
   assert isinstance(err.value, config_lib.ConfigError)      # one line from the command
   final = train.train(make_tiny_config(**{"train.total_steps": 3}), str(workdir))
-  assert final["eval/examples"] > 0 and (workdir / "config.json").exists()
+  assert final["retrieval/examples"] > 0 and (workdir / "config.json").exists()
 
 
 def test_frozen_random_weights_are_refused_before_anything_is_written(tmp_path):
@@ -255,7 +255,7 @@ def test_manifest_run_with_a_corrupt_image_trains_and_reports_the_skip(tmp_path)
   final = train.train(config, workdir)
   logged = [r for r in metrics_lib.read_jsonl(workdir) if "loss" in r]
   assert logged[-1]["data/skipped"] >= 4        # 6 steps x 32 rows = 4+ passes over row 3
-  assert final["eval/skipped"] == 1 and final["eval/examples"] == 39
+  assert final["retrieval/skipped"] == 1 and final["retrieval/examples"] == 39
   assert "zeroshot/top1" not in final            # no labels, no class names: retrieval only
 
 
@@ -285,4 +285,4 @@ def test_captions_all_run_trains_with_group_positives(tmp_path, capsys):
   losses = [r["loss"] for r in metrics_lib.read_jsonl(workdir) if "loss" in r]
   assert len(losses) == 12 and all(np.isfinite(losses))
   assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.2, losses
-  assert final["eval/examples"] == 30
+  assert final["retrieval/examples"] == 30
