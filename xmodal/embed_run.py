@@ -136,6 +136,8 @@ def _check_same(out: str, meta: dict) -> None:
 
 def local_embedder(loaded) -> tuple[embed.Embedder, object]:
   """An Embedder over this process's own devices and the params placed on them."""
+  if jax.process_count() == 1:                # the model's own mesh is this process's
+    return loaded.embedder, loaded.params
   devices = jax.local_devices()
   mesh = parallel.make_mesh(loaded.config, devices)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
