@@ -225,8 +225,8 @@ def _embed(args, overrides) -> None:
   if args.shard_size <= 0:
     raise config_lib.ConfigError(f"--shard_size: must be > 0, got {args.shard_size}")
   request = evaluate_run.eval_config(args.workdir, None, overrides,
-                                     fields=evaluate_run.EMBED_FIELDS, command="embed")
-  config_lib.validate_splits(request, (args.split,))
+                                     fields=evaluate_run.EMBED_FIELDS, command="embed",
+                                     splits=(args.split,))
   parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   loaded = notebook.load(args.workdir, args.step, config=request)
   towers = args.towers.split(",") if args.towers else None

@@ -334,15 +334,17 @@ def _validate_eval_prompts(config):
       raise ConfigError(f"config.eval.templates: {template!r} has no '{{}}' for the class name")
 
 
-def validate_eval(config) -> None:
+def validate_eval(config, splits=("eval",), tasks: bool = True) -> None:
   """What `xmodal eval` needs of a trained run's config with new evaluation fields: their
-  declared types, choices and ranges, the eval split's files and the zero-shot prompts (the
-  training split need not exist any more)."""
+  declared types, choices and ranges, the eval split's files, the zero-shot prompts and
+  the tasks (the training split need not exist any more). `xmodal embed` asks for the
+  split it reads and no tasks."""
   for section in ("data", "eval"):
     fields.check(config[section], default_config.SCHEMA[section], section + ".")
-  _validate_eval_split(config)
-  _validate_eval_prompts(config)
-  _validate_eval_tasks(config)
+  validate_splits(config, splits)
+  if tasks:
+    _validate_eval_prompts(config)
+    _validate_eval_tasks(config)
 
 
 def _validate_data(config):

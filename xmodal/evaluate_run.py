@@ -43,11 +43,13 @@ def _refusal(key: str, fields=EVAL_FIELDS, command: str = "eval") -> str:
 
 
 def eval_config(workdir: str, config_file: str | None = None, overrides=(),
-                suite: str | None = None, fields=EVAL_FIELDS, command: str = "eval"):
+                suite: str | None = None, fields=EVAL_FIELDS, command: str = "eval",
+                splits=("eval",)):
   """The run's config with the evaluation fields of `config_file`, the tasks of `suite`
   (in place of the run's) and `overrides` ([(dotted key, raw value)]); ConfigError naming
   the first key that would change the model, has no effect on evaluation, or is invalid.
-  `fields` / `command`: what another command (`xmodal embed`) may change."""
+  `fields` / `command` / `splits`: what another command (`xmodal embed`) may change and
+  reads (it runs no tasks)."""
   from xmodal.evaluate import kinds, suite as suite_lib   # noqa: PLC0415
   config = notebook.load_config(workdir)
   if config_file:
@@ -75,7 +77,7 @@ def eval_config(workdir: str, config_file: str | None = None, overrides=(),
     if _is(key, MODEL_FIELDS) or not _is(key, fields):
       raise config_lib.ConfigError(_refusal(key, fields, command))
   config_cli.apply_overrides(config, overrides)
-  config_lib.validate_eval(config)
+  config_lib.validate_eval(config, splits, tasks=command == "eval")
   return config
 
 
