@@ -100,6 +100,8 @@ def _config_with(**tasks):
     (dict(kind="zeroshot", image="text"), "config.eval.tasks.t.image: 'text' is not a 'vit' "
                                           "tower"),
     (dict(kind="linear_probe", tower="audio"), "config.eval.tasks.t.tower: no tower 'audio'"),
+    (dict(kind="retrieval", data=dict(image_size=64)), "config.eval.tasks.t.data.image_size: "
+                                                       "defines the model's input"),
     (dict(kind="mypkg_missing.evaluator"), "config.eval.tasks.t.kind: cannot import evaluator "
                                            "module 'mypkg_missing.evaluator'"),
 ])
@@ -344,3 +346,57 @@ def test_a_missing_target_field_is_an_error_naming_the_task(vectors):
   with pytest.raises(kinds.TaskError, match=r"^config.eval.tasks.t: no usable rows in the "
                                             r"train split .* \(200 skipped\)"):
     _run(config, params, embedder, "knn", target="genes")
+
+
+def test_a_local_tfds_classification_build_feeds_zeroshot_and_a_probe(image_text, tmp_path):
+  """A tfds ArrayRecord build with images and labels but no captions (CIFAR-style): the
+  zero-shot task takes its class names from the build's ClassLabel, the probe fits on its
+  train split; the prompt scores equal numpy's on embeddings made by hand."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  colours = ["red", "green", "blue"]
+
+  class TinyClasses(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(encoding_format="png"),
+          "label": tfds.features.ClassLabel(names=[f"{c}_circle" for c in colours])}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(0, 30),
+              "test": self._generate_examples(100, 12)}
+
+    def _generate_examples(self, start, n):
+      from PIL import Image
+      for i in range(start, start + n):
+        path = str(tmp_path / f"{i}.png")       # tfds encodes files, not arrays, without TF
+        Image.fromarray(shapes.render("circle", colours[i % 3], "large", 1, 1, 16,
+                                      np.random.default_rng(i))).save(path)
+        yield i, {"image": path, "label": i % 3}
+
+  data_dir = str(tmp_path / "tfds")
+  TinyClasses(data_dir=data_dir, file_format="array_record").download_and_prepare()
+  config, params, embedder = image_text
+  data = dict(eval_source="tfds", tfds_name="tiny_classes", tfds_data_dir=data_dir,
+              tfds_eval_split="test", tfds_train_split="train",
+              tfds_keys="image=image,caption=,label=label")
+  zs, _ = _run(config, params, embedder, "zeroshot", templates="openai_imagenet_7",
+               data=data)
+  probe, _ = _run(config, params, embedder, "linear_probe", l2=(1e-2,), data=data)
+  assert zs["chance"] == 1 / 3 and zs["examples"] == 12 and probe["train_examples"] == 30
+  task_config = ml_collections.ConfigDict(config.to_dict())
+  task_config.data.update(data)
+  from xmodal.evaluate import data as data_lib, prompts
+  assert data_lib.label_names(task_config) == ("red circle", "green circle", "blue circle")
+  z = embedder(params, "image", np.stack([shapes.render("circle", colours[i % 3], "large", 1,
+                                                        1, 16, np.random.default_rng(i))
+                                          for i in range(100, 112)]))
+  tok = tokenizer_lib.get_tokenizer(config)
+  classes = []
+  for name in data_lib.label_names(task_config):
+    t = embedder(params, "text", tok.encode_batch(
+        [p.format(name) for p in prompts.TEMPLATES["openai_imagenet_7"]])).mean(0)
+    classes.append(t / np.linalg.norm(t))
+  pred = np.argmax(z @ np.stack(classes).T, axis=1)
+  assert zs["top1"] == pytest.approx(np.mean(pred == np.arange(100, 112) % 3), abs=1e-12)

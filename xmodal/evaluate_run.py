@@ -14,6 +14,7 @@ import json
 import os
 
 from xmodal import config as config_lib, config_cli, evaluate, metrics as metrics_lib, notebook
+from xmodal.evaluate import kinds
 
 # What `xmodal eval` may change: what the evaluation reads. A prefix ends with ".".
 EVAL_FIELDS = ("eval.", "data.eval_source", "data.eval_files", "data.eval_manifest",
@@ -26,9 +27,8 @@ EMBED_FIELDS = EVAL_FIELDS + ("data.source", "data.train_files", "data.train_man
                               "data.tfds_train_split", "data.mixture",
                               "data.shapes_train_size", "data.synthetic_train_size")
 # What defines the trained model and the inputs it expects.
-MODEL_FIELDS = ("towers.", "model.", "loss.", "init.", "data.image_size", "data.tokenizer",
-                "data.tokenizer_path", "data.context_length", "data.lowercase",
-                "data.image_dtype", "data.normalize")
+MODEL_FIELDS = ("towers.", "model.", "loss.", "init.") + tuple(f"data.{k}"
+                                                             for k in kinds.MODEL_DATA)
 
 
 def _is(key: str, fields) -> bool:
@@ -50,7 +50,7 @@ def eval_config(workdir: str, config_file: str | None = None, overrides=(),
   the first key that would change the model, has no effect on evaluation, or is invalid.
   `fields` / `command` / `splits`: what another command (`xmodal embed`) may change and
   reads (it runs no tasks)."""
-  from xmodal.evaluate import kinds, suite as suite_lib   # noqa: PLC0415
+  from xmodal.evaluate import suite as suite_lib   # noqa: PLC0415
   config = notebook.load_config(workdir)
   if config_file:
     from xmodal import train   # noqa: PLC0415 (the saved-run comparison lives there)

@@ -101,7 +101,7 @@ class LoadedModel:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     batch = max(shards, (config.eval.batch_size // shards) * shards)
     self.embedder = embed.Embedder(self.model, mesh, batch)
-    self._evaluation = None            # the last `evaluate`'s, with its prepared inputs
+    self._context = None               # `evaluate`'s embeddings and prepared inputs
 
   def preprocess(self, modality: str, inputs) -> np.ndarray:
     """Raw inputs -> the tower's input array. Images: uint8 arrays [N, H, W, C] (any H, W;
@@ -178,11 +178,12 @@ class LoadedModel:
         config.eval = default_config.get_config().eval
       config.eval.tasks = ml_collections.ConfigDict({"task": kinds.with_defaults(given)})
     kinds.check(config)
-    if self._evaluation is None or self._evaluation.config.to_dict() != config.to_dict():
-      self._evaluation = harness.Evaluation(config, self.model, self.mesh,
-                                            embedder=self.embedder)
-    return harness.run_task(self._evaluation.context_for(self.params, self.step), "task",
-                            self._evaluation.tasks["task"])
+    from xmodal.evaluate import context as context_lib  # noqa: PLC0415
+    if self._context is None:        # kept: later calls on the same data read nothing again
+      self._context = context_lib.Context(config, self.embedder, self.params, self.step)
+    elif self._context.params is not self.params:
+      self._context.new_round(self.params, self.step)
+    return harness.run_task(self._context, "task", config.eval.tasks.task)
 
   def text_modality(self) -> str:
     """The name of the model's text tower (kind "text"); an error if it has none or several."""

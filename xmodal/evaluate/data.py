@@ -49,6 +49,23 @@ def data_key(task) -> str:
   return repr(sorted(given.items()))
 
 
+def label_names(config) -> tuple[str, ...] | None:
+  """The class names a tfds build declares for its label feature (its ClassLabel), when
+  the evaluation split is one; else None."""
+  d = config.data
+  if (d.eval_source or d.source) != "tfds":
+    return None
+  feature = sources.parse_keys(d.tfds_keys)["label"]
+  if not feature:
+    return None
+  import tensorflow_datasets as tfds  # noqa: PLC0415
+  node = tfds.builder(d.tfds_name, data_dir=d.tfds_data_dir or None).info.features
+  for part in feature.split("/"):
+    node = node[part]
+  names = getattr(node, "names", None)
+  return tuple(n.replace("_", " ") for n in names) if names else None
+
+
 def usable_captions(caption) -> list[str]:
   """Every caption of a record that is non-empty UTF-8 text (one or a list)."""
   items = list(caption) if isinstance(caption, (list, tuple, np.ndarray)) else [caption]

@@ -45,8 +45,11 @@ COMMON = dict(
     max_examples=Field(0, "rows of the evaluation split used (a seeded random subset, the "
                        "same every time); 0 = all", ge=0),
 )
-# The `data` section of a task: any `config.data` keys, checked against their declarations.
+# The `data` section of a task: any `config.data` keys, checked against their declarations,
+# except those that define the model's inputs (a task reads its data as the run does).
 DATA = "data"
+MODEL_DATA = ("image_size", "tokenizer", "tokenizer_path", "context_length", "lowercase",
+              "image_dtype", "normalize")
 
 
 class TaskError(ValueError):
@@ -155,6 +158,10 @@ def check(config) -> None:
       raise ConfigError(f"config.{where}.data: expected a section of config.data keys, got "
                         f"{data!r}")
     fields_lib.check(data, default_config.SCHEMA["data"], f"{where}.data.")
+    for key in data.keys():
+      if key in MODEL_DATA:
+        raise ConfigError(f"config.{where}.data.{key}: defines the model's input, which a "
+                          f"task cannot change (it reads its data as the run does)")
     full = with_defaults(task)
     from xmodal.evaluate import data as data_lib  # noqa: PLC0415
     split_config = data_lib.task_config(config, full)

@@ -4,7 +4,8 @@ similar class.
 
 Class names: `classnames` (a file, one name a line, in label order), else those of the
 built-in dataset `prompts` ("imagenet", "cifar10", ... : xmodal/evaluate/prompts.py), else
-`config.eval.classnames`, else the data's own (the embedded `shapes`). Templates:
+`config.eval.classnames`, else the data's own (the embedded `shapes`; a tfds build's
+ClassLabel names, "_" read as a space). Templates:
 `templates` (a built-in set by name, or a file, one template a line), else those of
 `prompts`, else `config.eval.templates`. With none of `classnames`, `prompts`, `image` and
 `text` set (the default task), a run without class names, labels or an image and a text
@@ -62,12 +63,12 @@ def templates_of(config, task) -> tuple[str, ...]:
 
 def classnames_of(task_config, task) -> tuple | None:
   from xmodal.data import pipeline  # noqa: PLC0415
-  from xmodal.evaluate import prompts  # noqa: PLC0415
+  from xmodal.evaluate import data as data_lib, prompts  # noqa: PLC0415
   if task.classnames:
     return _read_lines(task.classnames)
   if task.prompts:
     return prompts.dataset_prompts(task.prompts)[0]
-  return pipeline.classnames(task_config)
+  return pipeline.classnames(task_config) or data_lib.label_names(task_config)
 
 
 def check(config, task, where: str) -> None:
