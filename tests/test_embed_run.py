@@ -81,3 +81,42 @@ def test_another_embedding_in_the_folder_is_refused(loaded, tmp_path):
   os.remove(os.path.join(out, "shard-00001.index.npy"))
   with pytest.raises(FileNotFoundError, match="shard-00001 is missing"):
     embed_run.read(out)
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_shards_one_process_writes(tmp_path):
+  """`xmodal embed` as 2 processes x 4 CPU devices (gloo): each writes its own shards on
+  its own devices; together they equal the shards of 1 process x 8 devices."""
+  import subprocess
+  import sys
+  import portpicker
+  from xmodal import train
+  workdir = str(tmp_path / "run")
+  train.train(make_tiny_config(**{"train.total_steps": 2, "optim.warmup_steps": 1,
+                                  "data.shapes_eval_size": 70}), workdir)
+  port = portpicker.pick_unused_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  args = ["embed", f"--workdir={workdir}", "--split=eval", "--shard_size=20"]
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "xmodal.cli", *args, f"--out={tmp_path / 'two'}",
+       f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outputs = []
+  try:
+    for p in procs:
+      outputs.append(p.communicate(timeout=300)[0])
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  assert "embedded 40 rows (0 unreadable) into 2 shards" in outputs[0]   # shards 0, 2
+  assert "embedded 30 rows (0 unreadable) into 2 shards" in outputs[1]   # shards 1, 3
+  from xmodal import cli
+  assert cli.main(["xmodal", *args, f"--out={tmp_path / 'one'}"]) == 0
+  _, two = embed_run.read(str(tmp_path / "two"))
+  _, one = embed_run.read(str(tmp_path / "one"))
+  np.testing.assert_array_equal(two["index"], np.arange(70))
+  for tower in ("image", "text"):
+    np.testing.assert_allclose(two[tower], one[tower], atol=1e-5)

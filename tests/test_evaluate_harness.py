@@ -4,7 +4,6 @@ different data at different cadences writing them all to metrics.jsonl and Tenso
 import json
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 

@@ -334,11 +334,11 @@ def _validate_eval_prompts(config):
       raise ConfigError(f"config.eval.templates: {template!r} has no '{{}}' for the class name")
 
 
-def validate_eval(config, splits=("eval",), tasks: bool = True) -> None:
+def validate_eval(config, splits=(), tasks: bool = True) -> None:
   """What `xmodal eval` needs of a trained run's config with new evaluation fields: their
-  declared types, choices and ranges, the eval split's files, the zero-shot prompts and
-  the tasks (the training split need not exist any more). `xmodal embed` asks for the
-  split it reads and no tasks."""
+  declared types, choices and ranges, the zero-shot prompts and the tasks, each with the
+  files of the splits it reads (the run's own splits need exist only where a task reads
+  them). `xmodal embed` asks for the split it reads (`splits`) and no tasks."""
   for section in ("data", "eval"):
     fields.check(config[section], default_config.SCHEMA[section], section + ".")
   validate_splits(config, splits)
@@ -349,7 +349,7 @@ def validate_eval(config, splits=("eval",), tasks: bool = True) -> None:
 
 def _validate_data(config):
   d = config.data
-  from xmodal.data import pipeline, tokenizer
+  from xmodal.data import tokenizer
   _validate_train_split(config)
   if d.source == "mixture" and not d.eval_source:
     raise ConfigError("config.data.eval_source: required when data.source='mixture' (the "

@@ -44,12 +44,12 @@ def _refusal(key: str, fields=EVAL_FIELDS, command: str = "eval") -> str:
 
 def eval_config(workdir: str, config_file: str | None = None, overrides=(),
                 suite: str | None = None, fields=EVAL_FIELDS, command: str = "eval",
-                splits=("eval",)):
+                splits=()):
   """The run's config with the evaluation fields of `config_file`, the tasks of `suite`
   (in place of the run's) and `overrides` ([(dotted key, raw value)]); ConfigError naming
   the first key that would change the model, has no effect on evaluation, or is invalid.
   `fields` / `command` / `splits`: what another command (`xmodal embed`) may change and
-  reads (it runs no tasks)."""
+  reads (it runs no tasks; tasks check the splits they read themselves)."""
   from xmodal.evaluate import suite as suite_lib   # noqa: PLC0415
   config = notebook.load_config(workdir)
   if config_file:

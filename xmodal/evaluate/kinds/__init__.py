@@ -167,8 +167,11 @@ def check(config) -> None:
     split_config = data_lib.task_config(config, full)
     try:
       config_lib.validate_splits(split_config, splits(kind))
-    except ConfigError as e:    # the task's data, not the run's: name the task's field
-      raise ConfigError(str(e).replace("config.data.", f"config.{where}.data.", 1)) from None
+    except ConfigError as e:    # a task with data of its own: name the task's field
+      message = str(e)
+      if message.startswith("config.data.") and len(data):
+        message = f"config.{where}.data.{message.removeprefix('config.data.')}"
+      raise ConfigError(message) from None
     module = get(kind)
     if hasattr(module, "check"):
       module.check(config, full, where)
