@@ -229,3 +229,16 @@ def test_init_from_override_works_as_documented(tmp_path):
   assert result.returncode == 2, result.stderr
   assert result.stderr.strip().splitlines() == [
       f"xmodal train: error: config.init.source: no such file or directory '{missing}'"]
+
+
+def test_a_config_saved_before_evaluation_tasks_evaluates_with_the_default_tasks(tmp_path):
+  from xmodal import notebook
+  saved = json.loads(default_config.get_config().to_json())
+  del saved["eval"]["tasks"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  config = notebook.load_config(str(tmp_path))
+  assert sorted(config.eval.tasks) == ["retrieval", "zeroshot"]
+  assert config.eval.tasks.zeroshot.to_dict() == default_config.default_tasks()[
+      "zeroshot"].to_dict()
+  config_lib.validate(config, num_devices=8)
+  assert sorted(config_lib.upgrade(saved)["eval"]["tasks"]) == ["retrieval", "zeroshot"]

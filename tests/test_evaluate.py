@@ -6,8 +6,7 @@ import jax
 import numpy as np
 
 from tiny import make_tiny_config
-from xmodal import embed, evaluate, optim, parallel, train
-from xmodal.data import pipeline
+from xmodal import evaluate, optim, parallel, train
 from xmodal.evaluate import retrieval, zeroshot
 from xmodal.models import model as model_lib
 
@@ -32,13 +31,15 @@ def test_recall_counts_nonfinite_rows_as_misses():
   q[3] = np.nan                  # a query that diverged
   g[7, 2] = np.inf               # a gallery item that diverged: its own query misses
   g[11] = np.nan                 # ... and it never outranks anyone else's match
-  got = retrieval.recall_at_k(q, g, ks=(1, 3, 10))
+  mesh = parallel.make_mesh(make_tiny_config())
+  own = np.arange(20)[:, None]
+  got, nonfinite = retrieval.directed(q, g, own, mesh, ks=(1, 3, 10))
   for k in (1, 3, 10):
     assert got[f"R{k}"] == _brute_force_recall(q, g, k), k
-  assert got["R10"] <= 17 / 20
+  assert got["R10"] <= 17 / 20 and nonfinite == 3       # queries 3, 7 and 11 miss
   nan = np.full((6, 4), np.nan, np.float32)
-  assert retrieval.recall_at_k(nan, nan) == {"R1": 0.0, "R5": 0.0, "R10": 0.0}
-  assert retrieval.nonfinite_rows(q) == 1 and retrieval.nonfinite_rows(g) == 2
+  got, nonfinite = retrieval.directed(nan, nan, np.arange(6)[:, None], mesh)
+  assert (got["R1"], got["R5"], got["R10"], nonfinite) == (0.0, 0.0, 0.0, 6)
 
 
 def test_zeroshot_counts_nonfinite_images_and_classes_as_misses():
@@ -60,9 +61,8 @@ def test_evaluation_of_a_diverged_model_scores_nothing_and_reports_it():
   params = train.init_state_fn(model, optim.make_optimizer(config), config)(
       jax.random.key(0))["params"]
   params = jax.tree.map(lambda p: p * np.nan, params)
-  data = pipeline.eval_arrays(config)
-  results, z = evaluate.run(config, embed.Embedder(model, mesh, config.eval.batch_size),
-                            params, data)
-  scored = {k: v for k, v in results.items() if k.startswith(("retrieval/", "zeroshot/top"))}
+  results = evaluate.Evaluation(config, model, mesh).run(params, step=0)
+  scored = {k: v for k, v in results.items()
+            if k.startswith(("retrieval/", "zeroshot/top")) and "/R" in k or "/top" in k}
   assert scored and all(v == 0.0 for v in scored.values()), scored
   assert results["eval/nonfinite"] == 2 * config.data.shapes_eval_size

@@ -50,3 +50,15 @@ def test_defaults_and_reference_come_from_one_declaration():
   assert config.a == 2 and config.s.b == "x"
   rows = fields.reference_rows(schema)
   assert rows == ["| `a` | `2` | > 0 | two things |", "| `s.b` | `'x'` | 'x', 'y' | b's doc |"]
+
+
+def test_a_named_section_defaults_to_its_entries_and_must_be_a_section():
+  import ml_collections
+  schema = {"tasks": fields.Named("named tasks", default=lambda: {"a": {"kind": "x"}}),
+            "size": Field(1, "", gt=0)}
+  config = fields.defaults(schema)
+  assert config.tasks.a.kind == "x" and config.size == 1
+  fields.check(ml_collections.ConfigDict({"tasks": {"anything": {"goes": 1}}}), schema)
+  with pytest.raises(ConfigError, match=r"^config.tasks: expected a section of named entries"):
+    fields.check(ml_collections.ConfigDict({"tasks": 3}), schema)
+  assert fields.reference_rows(schema)[0] == "| `tasks` | a | named sections | named tasks |"

@@ -47,7 +47,7 @@ def test_loss_goes_down_and_retrieval_beats_chance(trained):
   _, workdir, final = trained
   losses = list(_losses(workdir).values())
   assert losses[-1] < 0.75 * losses[0], losses
-  chance_r10 = 10 / final["eval/examples"]
+  chance_r10 = 10 / final["retrieval/examples"]
   assert final["retrieval/image_to_text/R10"] > 2 * chance_r10, final
   assert final["zeroshot/top1"] > 2 * final["zeroshot/chance"], final
 
@@ -191,7 +191,7 @@ def test_a_start_that_fails_before_step_1_leaves_the_workdir_as_it_was(tmp_path)
   assert sorted(os.listdir(workdir)) == ["notes.txt"]
   assert isinstance(err.value, config_lib.ConfigError)      # one line from the command
   final = train.train(make_tiny_config(**{"train.total_steps": 3}), str(workdir))
-  assert final["eval/examples"] > 0 and (workdir / "config.json").exists()
+  assert final["retrieval/examples"] > 0 and (workdir / "config.json").exists()
 
 
 def test_frozen_random_weights_are_refused_before_anything_is_written(tmp_path):
@@ -507,8 +507,8 @@ def test_manifest_run_with_a_corrupt_image_trains_and_reports_the_skip(tmp_path)
   assert logged[-1]["data/skipped/not_utf8"] >= 8 and logged[-1]["data/skipped/bad_row"] >= 4
   assert sum(v for k, v in logged[-1].items() if k.startswith("data/skipped/")) == (
       logged[-1]["data/skipped"])
-  assert final["eval/skipped"] == 4 and final["eval/examples"] == 36
-  assert final["eval/skipped/not_utf8"] == 2 and final["eval/skipped/bad_row"] == 1
+  assert final["retrieval/skipped"] == 4 and final["retrieval/examples"] == 36
+  assert final["retrieval/skipped/not_utf8"] == 2 and final["retrieval/skipped/bad_row"] == 1
   assert "zeroshot/top1" not in final            # no labels, no class names: retrieval only
 
 
@@ -538,4 +538,4 @@ def test_captions_all_run_trains_with_group_positives(tmp_path, capsys):
   losses = [r["loss"] for r in metrics_lib.read_jsonl(workdir) if "loss" in r]
   assert len(losses) == 12 and all(np.isfinite(losses))
   assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.2, losses
-  assert final["eval/examples"] == 30
+  assert final["retrieval/examples"] == 30

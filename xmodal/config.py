@@ -8,7 +8,6 @@ files, a text context the tower cannot embed, ...
 """
 
 import contextlib
-import contextlib
 import os
 import re
 
@@ -53,7 +52,22 @@ def upgrade(config):
     with node.unlocked() if locked else contextlib.nullcontext():
       del node[old_key]
       node[new_key] = value or current
+  _add_default_tasks(config)
   return config
+
+
+def _add_default_tasks(config) -> None:
+  """A config saved before evaluation tasks existed evaluates as it did then: the default
+  tasks (retrieval and zero-shot on its held-out split)."""
+  section = config.get("eval") if hasattr(config, "get") else None
+  if section is None or not hasattr(section, "keys") or "tasks" in section.keys():
+    return
+  tasks = default_config.default_tasks()
+  if isinstance(section, ml_collections.ConfigDict):
+    with section.unlocked():
+      section.tasks = ml_collections.ConfigDict(tasks)
+  else:
+    section["tasks"] = {name: task.to_dict() for name, task in tasks.items()}
 
 
 def rename_overrides(argv: list[str]) -> list[str]:
@@ -209,6 +223,7 @@ def validate(config, num_devices: int) -> None:
       except (re.error, TypeError) as e:
         raise ConfigError(f"config.{field}: {pattern!r} is not a regex ({e})") from None
   _validate_eval_prompts(config)
+  _validate_eval_tasks(config)
 
 
 def _check_record_towers(config) -> None:
@@ -234,6 +249,35 @@ def _validate_eval_split(config):
   source_kinds.get(d.eval_source or d.source).check(config, "eval")
 
 
+def _validate_train_split(config):
+  """Each part of the train split checks its own fields (xmodal/data/source_kinds)."""
+  from xmodal.data import pipeline, source_kinds   # noqa: PLC0415
+  d = config.data
+  if d.source == "mixture":
+    try:
+      parts = pipeline.parse_mixture(d.mixture)
+    except ValueError as e:
+      raise ConfigError(f"config.data.mixture: {e}") from None
+    for kind, pattern, _ in parts:
+      source_kinds.get(kind).check(config, "train", "data.mixture", pattern)
+  else:
+    source_kinds.get(d.source).check(config, "train")
+
+
+def validate_splits(config, splits) -> None:
+  """The files of the given splits ("train", "eval") of config.data exist."""
+  if "train" in splits:
+    _validate_train_split(config)
+  if "eval" in splits:
+    _validate_eval_split(config)
+
+
+def _validate_eval_tasks(config):
+  """Each task of config.eval.tasks: its kind, fields, data and the kind's own rules."""
+  from xmodal.evaluate import kinds
+  kinds.check(config)
+
+
 def _validate_eval_prompts(config):
   if config.eval.classnames and not os.path.exists(config.eval.classnames):
     raise ConfigError(f"config.eval.classnames: no such file {config.eval.classnames!r}")
@@ -242,32 +286,26 @@ def _validate_eval_prompts(config):
       raise ConfigError(f"config.eval.templates: {template!r} has no '{{}}' for the class name")
 
 
-def validate_eval(config) -> None:
+def validate_eval(config, splits=(), tasks: bool = True) -> None:
   """What `xmodal eval` needs of a trained run's config with new evaluation fields: their
-  declared types, choices and ranges, the eval split's files and the zero-shot prompts (the
-  training split need not exist any more)."""
+  declared types, choices and ranges, the zero-shot prompts and the tasks, each with the
+  files of the splits it reads (the run's own splits need exist only where a task reads
+  them). `xmodal embed` asks for the split it reads (`splits`) and no tasks."""
   for section in ("data", "eval"):
     fields.check(config[section], default_config.SCHEMA[section], section + ".")
-  _validate_eval_split(config)
-  _validate_eval_prompts(config)
+  validate_splits(config, splits)
+  if tasks:
+    _validate_eval_prompts(config)
+    _validate_eval_tasks(config)
 
 
 def _validate_data(config):
   d = config.data
-  from xmodal.data import pipeline, source_kinds, tokenizer
-  # Each split's source kind checks its own fields (xmodal/data/source_kinds).
-  if d.source == "mixture":
-    try:
-      parts = pipeline.parse_mixture(d.mixture)
-    except ValueError as e:
-      raise ConfigError(f"config.data.mixture: {e}") from None
-    for kind, pattern, _ in parts:
-      source_kinds.get(kind).check(config, "train", "data.mixture", pattern)
-    if not d.eval_source:
-      raise ConfigError("config.data.eval_source: required when data.source='mixture' (the "
-                        "kind of the eval split, read from data.eval_files / tfds_eval_split)")
-  else:
-    source_kinds.get(d.source).check(config, "train")
+  from xmodal.data import tokenizer
+  _validate_train_split(config)
+  if d.source == "mixture" and not d.eval_source:
+    raise ConfigError("config.data.eval_source: required when data.source='mixture' (the "
+                      "kind of the eval split, read from data.eval_files / tfds_eval_split)")
   _validate_eval_split(config)
   # Images and text.
   if d.image_dtype == "uint8" and d.normalize != "none":

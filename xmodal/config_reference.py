@@ -42,6 +42,22 @@ def render() -> str:
   for kind in default_config.tower_kinds():
     out += [f"### kind `{kind}`", "", *_TABLE,
             *fields.reference_rows(default_config.tower_fields(kind), "towers.NAME."), ""]
+  from xmodal.evaluate import kinds   # noqa: PLC0415
+  out += ["## Evaluation tasks", "",
+          "`config.eval.tasks` maps each task name (the first part of its metric names, "
+          "`<task>/<metric>`) to a task section: the fields every task has, then its "
+          "`kind`'s (xmodal/evaluate/kinds). A task's `data` section holds `config.data` "
+          "keys that replace the run's for this task (`eval_source`, `eval_files`, "
+          "`tfds_name`, `tfds_eval_split`, `caption_key`, ...; probes also read the "
+          "training split: `train_files`, `tfds_train_split`); empty = the run's held-out "
+          "split. Override as `--config.eval.tasks.zeroshot.templates=openai_imagenet`.", "",
+          "### every task", "", *_TABLE,
+          *fields.reference_rows(kinds.COMMON, "eval.tasks.NAME."),
+          "| `eval.tasks.NAME.data` | `{}` | config.data keys | this task's data "
+          "(above) |", ""]
+  for kind in kinds.names():
+    out += [f"### kind `{kind}`", "", *_TABLE,
+            *fields.reference_rows(kinds.get(kind).FIELDS, "eval.tasks.NAME."), ""]
   return "\n".join(out)
 
 

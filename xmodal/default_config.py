@@ -22,7 +22,7 @@ import ml_collections
 
 from xmodal import towers
 from xmodal.data import shapes
-from xmodal.fields import Field
+from xmodal.fields import Field, Named
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -208,6 +208,11 @@ SCHEMA = dict(
         map=Field((), "((dst_regex, src_template), ...); empty = same names"),
     ),
     eval=dict(
+        # Named tasks, each {kind, every, max_examples, data: {config.data keys}, and its
+        # kind's fields} (xmodal/evaluate/kinds): several data sets, kinds and cadences.
+        tasks=Named("evaluation tasks by name, each with its kind's fields (docs/config.md, "
+                    "'Evaluation tasks'); results are '<task>/<metric>'",
+                    default=lambda: default_tasks()),
         batch_size=Field(256, "examples per embedding batch", gt=0),
         classnames=Field("", "manifest zero-shot: a text file, one class name a line"),
         # The default's prompts follow the embedded dataset's captions.
@@ -215,6 +220,16 @@ SCHEMA = dict(
                         "class name"),
     ),
 )
+
+
+def default_tasks() -> dict:
+  """The default evaluation: retrieval both ways for every loss pair, and zero-shot
+  classification where the model has an image and a text tower and the held-out split
+  has labels and class names, both on the run's held-out split (data.eval_*). Their
+  metrics keep the names they had before tasks existed ("retrieval/image_to_text/R1",
+  "zeroshot/top1")."""
+  from xmodal.evaluate import kinds
+  return {"retrieval": kinds.new("retrieval"), "zeroshot": kinds.new("zeroshot")}
 
 
 def get_config(arg: str | None = None) -> ConfigDict:

@@ -78,6 +78,15 @@ class Field:
             and (self.le is None or x <= self.le) and (self.lt is None or x < self.lt))
 
 
+@dataclasses.dataclass(frozen=True)
+class Named:
+  """A section of entries the user names (evaluation tasks by task name), each checked by
+  its owner against its own kind's fields; `check` only asks that it is a section.
+  `default()` returns its default entries."""
+  doc: str
+  default: Callable[[], dict] = dict
+
+
 def _num(x) -> str:
   return f"{x:g}" if isinstance(x, float) else str(x)
 
@@ -104,7 +113,8 @@ def check_type(name: str, value, expected) -> None:
 def defaults(schema: dict) -> ml_collections.ConfigDict:
   """The ConfigDict of a schema's defaults (sub-schemas become sub-sections)."""
   return ml_collections.ConfigDict({
-      key: defaults(spec) if isinstance(spec, dict) else spec.default
+      key: defaults(spec) if isinstance(spec, dict) else
+      ml_collections.ConfigDict(spec.default()) if isinstance(spec, Named) else spec.default
       for key, spec in schema.items()})
 
 
@@ -130,7 +140,10 @@ def check(node, schema: dict, prefix: str = "", skip: tuple = ()) -> None:
       hint = closest(key, schema, prefix) or f" (known keys here: {', '.join(sorted(schema))})"
       raise ConfigError(f"config.{name}: unknown key{hint}")
     value, spec = node[key], schema[key]
-    if isinstance(spec, dict):
+    if isinstance(spec, Named):
+      if not isinstance(value, (ml_collections.ConfigDict, dict)):
+        raise ConfigError(f"config.{name}: expected a section of named entries, got {value!r}")
+    elif isinstance(spec, dict):
       if not isinstance(value, (ml_collections.ConfigDict, dict)):
         raise ConfigError(f"config.{name}: expected a section, got {value!r}")
       check(value, spec, name + ".")
@@ -153,6 +166,10 @@ def reference_rows(schema: dict, prefix: str = "") -> list[str]:
   """Markdown table rows `| key | default | allowed | doc |` for a schema."""
   rows = []
   for key, f in flat(schema, prefix).items():
+    if isinstance(f, Named):
+      names = ", ".join(f.default()) or "none"
+      rows.append(f"| `{key}` | {names} | named sections | {f.doc} |")
+      continue
     allowed = f.allowed()
     allowed = ", ".join(repr(a) for a in allowed) if allowed else f.range_text()
     cells = (f"`{key}`", f"`{_show(f.default)}`", allowed, f.doc)

@@ -101,6 +101,7 @@ class LoadedModel:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     batch = max(shards, (config.eval.batch_size // shards) * shards)
     self.embedder = embed.Embedder(self.model, mesh, batch)
+    self._context = None               # `evaluate`'s embeddings and prepared inputs
 
   def preprocess(self, modality: str, inputs) -> np.ndarray:
     """Raw inputs -> the tower's input array. Images: uint8 arrays [N, H, W, C] (any H, W;
@@ -176,6 +177,30 @@ class LoadedModel:
                                          "force_terminal": False})
     return self.model.tabulate(jax.random.key(0), model_lib.dummy_inputs(self.config),
                                depth=depth, **kwargs)
+
+  def evaluate(self, task="retrieval", **options) -> dict:
+    """Runs one evaluation task on this model -> {metric: float} (no task prefix).
+
+    `task`: a kind name with its options as keywords (`m.evaluate("zeroshot",
+    prompts="cifar10", data=dict(eval_source="tfds", tfds_name="cifar10", ...))`), or a
+    task section (a dict or ConfigDict, as in config.eval.tasks). The task is checked as a
+    config's would be (ConfigError naming the field)."""
+    from xmodal import default_config  # noqa: PLC0415
+    from xmodal.evaluate import harness, kinds  # noqa: PLC0415
+    given = dict(task) if isinstance(task, (dict, ml_collections.ConfigDict)) else {"kind": task}
+    given.update(options)
+    config = ml_collections.ConfigDict(self.config.to_dict())
+    with config.unlocked():
+      if "eval" not in config:
+        config.eval = default_config.get_config().eval
+      config.eval.tasks = ml_collections.ConfigDict({"task": kinds.with_defaults(given)})
+    kinds.check(config)
+    from xmodal.evaluate import context as context_lib  # noqa: PLC0415
+    if self._context is None:        # kept: later calls on the same data read nothing again
+      self._context = context_lib.Context(config, self.embedder, self.params, self.step)
+    elif self._context.params is not self.params:
+      self._context.new_round(self.params, self.step)
+    return harness.run_task(self._context, "task", config.eval.tasks.task)
 
   def text_modality(self) -> str:
     """The name of the model's text tower (kind "text"); an error if it has none or several."""

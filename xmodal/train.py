@@ -7,14 +7,13 @@
 import json
 import logging
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xmodal import checkpoint, config as config_lib, embed, evaluate, losses, metrics as metrics_lib
+from xmodal import checkpoint, config as config_lib, evaluate, losses, metrics as metrics_lib
 from xmodal import guard, init as init_lib, interrupt, microbatch, optim, parallel
 from xmodal import progress, sharding, towers
 from xmodal.data import bad as bad_lib, pipeline
@@ -159,7 +158,6 @@ def _train(config, workdir: str, mesh, signals) -> dict:
   modalities = list(config.towers)           # batch keys: one per tower
   # ... and the group ids when rows of one record are each other's positives.
   batch_keys = modalities + ([pipeline.GROUP_KEY] if config_lib.group_positives(config) else [])
-  first_pair = config_lib.loss_pairs(config)[0]
   logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
                jax.process_count())
 
@@ -212,8 +210,7 @@ def _train(config, workdir: str, mesh, signals) -> dict:
   # ... and by reason (data/skipped/<reason>); checkpoints from before reasons start at 0.
   by_reason_total = np.asarray((meta or {}).get("skipped_by_reason", [0] * len(
       bad_lib.REASONS)), np.int64)
-  eval_data = pipeline.eval_arrays(config)
-  embedder = embed.Embedder(model, mesh, config.eval.batch_size)
+  evaluation = evaluate.Evaluation(config, model, mesh)     # the tasks of config.eval.tasks
   print(f"model: {num_params / 1e6:.2f}M params; towers {list(config.towers)}; "
         f"loss {config.loss.name}/{config.loss.impl}"
         f"{' (group positives)' if pipeline.GROUP_KEY in batch_keys else ''}; "
@@ -227,13 +224,11 @@ def _train(config, workdir: str, mesh, signals) -> dict:
                     out_shardings=(state_sharding, parallel.replicated(mesh)),
                     donate_argnums=0)
 
-  def run_eval(step):
-    t0 = time.time()
-    results, z = evaluate.run(config, embedder, state["params"], eval_data)
-    results["eval/time_s"] = time.time() - t0
-    writer.write(step, results, "eval: ")
-    a, b = first_pair
-    metrics_lib.plot_similarity(workdir, z[a], z[b], a, b, step)
+  def run_eval(step, final=False):  # the tasks due at `step` (every task when final)
+    results = evaluation.run_due(step, state["params"], final)
+    if results is not None:
+      writer.write(step, results, "eval: ")
+      evaluation.plot_similarity(workdir, step)
     return results
 
   # ---------------------------------------------------------------- loop
@@ -295,8 +290,8 @@ def _train(config, workdir: str, mesh, signals) -> dict:
       writer.write(done, logged)
       pending = []
 
-    if config.train.eval_every and done % config.train.eval_every == 0 and done != total:
-      clock.exclude(run_eval(done)["eval/time_s"])   # keep eval out of steps/s
+    if done != total and (results := run_eval(done)) is not None:
+      clock.exclude(results["eval/time_s"])   # keep eval out of steps/s
     if save_now:
       save(done)
     if signals.stop_now(sync_point=log_now or save_now):   # SIGINT / SIGTERM: save, stop
@@ -309,7 +304,7 @@ def _train(config, workdir: str, mesh, signals) -> dict:
   # ---------------------------------------------------------------- finish
   clock.close()
   ckpt.wait()
-  final = run_eval(int(state["step"]))
+  final = run_eval(int(state["step"]), final=True)
   ckpt.close()
   metrics_lib.plot_loss_curve(workdir)
   if jax.process_index() == 0:

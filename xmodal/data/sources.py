@@ -436,7 +436,8 @@ class TfdsSource(_LazySource):
     try:
       example = self.source[index]
       image = _lookup(example, self.keys["image"])
-      caption = _lookup(example, self.keys["caption"])
+      # "caption=" maps no caption: a classification set, read by evaluation tasks.
+      caption = _lookup(example, self.keys["caption"]) if self.keys["caption"] else ""
       label = int(_lookup(example, self.keys["label"])) if self.keys["label"] else -1
     except Exception as e:
       return bad.bad("unreadable", f"tfds {self.name}[{self.split}] example {index}: {e}")
