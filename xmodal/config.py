@@ -93,12 +93,17 @@ def validate(config, num_devices: int) -> None:
   fields.check(config, default_config.SCHEMA, skip=("towers",))
   for modality, tower in towers.items():
     _check_tower(config, modality, tower)
-  # Data sources the step understands: one image tower and one text tower per example.
-  kinds = sorted(t.kind for t in towers.values())
+  _check_inputs(towers)
+  # Data sources the step understands: one image tower and one text tower per example
+  # (plus towers that read their inputs: teachers, references).
+  kinds = sorted(t.kind for t in towers.values() if not t.get("input"))
   if config.data.source not in _READY_SOURCES and kinds != ["text", "vit"]:
     raise ConfigError(
         f"config.towers: data.source={config.data.source!r} gives image/caption pairs, so it "
         f"needs one 'vit' and one 'text' tower, got kinds {kinds}")
+  if config.data.captions == "k" and config.data.source in _READY_SOURCES:
+    raise ConfigError(f"config.data.captions: 'k' needs an image/caption source, got "
+                      f"data.source={config.data.source!r}")
 
   if config.loss.positives == "group" and not _records_unroll(config):
     raise ConfigError(
@@ -111,6 +116,8 @@ def validate(config, num_devices: int) -> None:
       raise ConfigError(
           f"config.loss.pairs: {pair!r} must be 'a:b' with two different tower names from "
           f"{sorted(towers.keys())}")
+  from xmodal.losses import terms   # noqa: PLC0415 (the objectives import jax)
+  terms.check(config)
   if config.optim.warmup_steps >= config.train.total_steps:
     raise ConfigError(
         f"config.optim.warmup_steps: {config.optim.warmup_steps} must be below "
@@ -270,6 +277,31 @@ def _validate_data(config):
           f"{tok.vocab_size - 1}); use 'eot' (the last real token, EOS for every tokenizer)")
 
 
+def _check_inputs(towers) -> None:
+  """towers.<name>.input names another tower of the same kind that reads its own input."""
+  for name, tower in towers.items():
+    source = tower.get("input")
+    if not source:
+      continue
+    if source not in towers or towers[source].get("input") or source == name:
+      raise ConfigError(
+          f"config.towers.{name}.input: {source!r} must name another tower that reads its "
+          f"own input, one of {sorted(n for n, t in towers.items() if not t.get('input'))}")
+    if towers[source].kind != tower.kind:
+      raise ConfigError(f"config.towers.{name}.input: tower {source!r} is a {towers[source].kind!r}"
+                        f" tower, {name!r} a {tower.kind!r} one; they must be of one kind")
+
+
+def input_key(config, tower: str) -> str:
+  """The batch key tower `tower` reads: its own name or its `input`."""
+  return config.towers[tower].get("input") or tower
+
+
+def batch_towers(config) -> list[str]:
+  """Towers whose inputs are batch keys (every tower that reads its own input)."""
+  return [n for n, t in config.towers.items() if not t.get("input")]
+
+
 def _records_unroll(config) -> bool:
   """True when one record yields several examples: data.captions="all" on an image/caption
   source (tower-ready sources have no captions to unroll)."""
@@ -285,10 +317,22 @@ def group_positives(config) -> bool:
   return positives == "group" or (positives == "auto" and _records_unroll(config))
 
 
-def loss_pairs(config) -> list[tuple[str, str]]:
-  """The (a, b) modality pairs the objective sums over; default: every pair of towers, in
-  sorted name order (ConfigDict keys are sorted)."""
+def default_pairs(config) -> list[tuple[str, str]]:
+  """`loss.pairs`, or every pair of towers that read their own inputs, in sorted name
+  order (ConfigDict keys are sorted)."""
   if config.loss.pairs:
     return [tuple(p.split(":")) for p in config.loss.pairs]
-  names = list(config.towers.keys())
+  names = batch_towers(config)
   return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+
+
+def loss_pairs(config) -> list[tuple[str, str]]:
+  """The (a, b) modality pairs the loss spans (every term's, in order of first use);
+  evaluation retrieves along each."""
+  if not config.loss.get("terms"):
+    return default_pairs(config)
+  from xmodal.losses import terms   # noqa: PLC0415
+  out = []
+  for term in terms.resolve(config):
+    out += [p for p in term.pairs if p not in out]
+  return out

@@ -26,6 +26,17 @@ from xmodal.fields import Field
 ConfigDict = ml_collections.ConfigDict
 
 _ACT = ("gelu_tanh", "gelu", "quick_gelu", "relu")
+
+
+def _objectives() -> tuple:
+  from xmodal.losses import objectives   # noqa: PLC0415 (the registry imports jax)
+  return objectives.names()
+
+
+# Every tower kind: another tower's batch input (a frozen teacher or reference tower that
+# sees the student's inputs).
+_INPUT = Field("", "read the batch input of this tower instead of one of its own (a frozen "
+               "teacher or reference tower on the same inputs); '' = its own")
 _REMAT = ("none", "full", "dots")
 _POOL = ("gap", "cls", "map")
 
@@ -68,6 +79,7 @@ TOWER_FIELDS = {
     # A ViT image tower (models/vit.py). Input: uint8 images [B, H, W, 3].
     "vit": dict(
         kind=Field("vit", "tower kind"),
+        input=_INPUT,
         **_transformer_fields(),
         **_image_text_fields(),
         patch_size=Field(8, "pixels per patch side (data.image_size must be a multiple)", gt=0),
@@ -86,6 +98,7 @@ TOWER_FIELDS = {
     # tokenizer: [prefix, text, EOS, PAD...]; the trailing run of its pad id is padding.
     "text": dict(
         kind=Field("text", "tower kind"),
+        input=_INPUT,
         **_transformer_fields(pool=(
             "eot", ("eot", "argmax", "last", "mean", "first"))),
         **_image_text_fields(),
@@ -100,6 +113,7 @@ TOWER_FIELDS = {
     # Audio (models/modalities.py): log-mel [B, frames, n_mels] -> patch transformer.
     "audio": dict(
         kind=Field("audio", "tower kind"),
+        input=_INPUT,
         **_transformer_fields(),
         frames=Field(64, "log-mel frames per example", gt=0),
         n_mels=Field(32, "mel bands", gt=0),
@@ -112,6 +126,7 @@ TOWER_FIELDS = {
     # temporal "mean" or "attention" (temporal_depth blocks).
     "video": dict(
         kind=Field("video", "tower kind"),
+        input=_INPUT,
         **_transformer_fields(),
         frames=Field(4, "frames per clip", gt=0),
         patch_size=Field(8, "pixels per patch side", gt=0),
@@ -122,6 +137,7 @@ TOWER_FIELDS = {
     # 3-D volumes [B, slices, size, size] -> per-slice patch transformer -> MAP over slices.
     "volume": dict(
         kind=Field("volume", "tower kind"),
+        input=_INPUT,
         **_transformer_fields(),
         slices=Field(8, "slices per volume", gt=0),
         size=Field(16, "slice side in voxels", gt=0),
@@ -130,6 +146,7 @@ TOWER_FIELDS = {
     # Vectors / tabular rows [B, features].
     "vector": dict(
         kind=Field("vector", "tower kind"),
+        input=_INPUT,
         **_transformer_fields(),
         features=Field(16, "input features per row", gt=0),
         encoder=Field("mlp", "'mlp' (residual MLP), 'transformer' (a token per feature) or "
@@ -139,6 +156,7 @@ TOWER_FIELDS = {
     # 1-D signals [B, length, channels] -> patches of patch_len steps -> transformer.
     "signal": dict(
         kind=Field("signal", "tower kind"),
+        input=_INPUT,
         **_transformer_fields(),
         length=Field(128, "time steps per example", gt=0),
         channels=Field(1, "channels (leads)", gt=0),
@@ -205,8 +223,13 @@ SCHEMA = dict(
                             choices=("float32", "bfloat16")),
     ),
     loss=dict(
-        name=Field("softmax", "'softmax' (CLIP / InfoNCE) or 'sigmoid' (SigLIP)",
-                   choices=("softmax", "sigmoid")),
+        name=Field("softmax", "the objective when loss.terms is empty: one of "
+                   "xmodal/losses/objectives (docs/objectives.md), with its defaults",
+                   choices=_objectives),
+        # Weighted terms keyed by name, each {objective, weight, pairs, scale, queue, and the
+        # objective's options}: xmodal/losses/terms.py, docs/objectives.md.
+        terms=Field({}, "weighted objective terms keyed by name; empty = the one term "
+                    "loss.name over loss.pairs (docs/objectives.md)"),
         impl=Field("gathered", "'gathered' (sharded, all devices' negatives), 'dense' or "
                    "'ring' (blocks passed around the devices, tiled)",
                    choices=("dense", "gathered", "ring")),
@@ -245,8 +268,12 @@ SCHEMA = dict(
         image_key=Field("image", "manifest column holding the image path or bytes"),
         caption_key=Field("caption", "manifest column / webdataset json field: caption(s)"),
         label_key=Field("label", "manifest column / webdataset json field: class index"),
-        captions=Field("sample", "several captions: 'sample' one per use, 'first', or 'all' "
-                       "(one training example per caption)", choices=("sample", "first", "all")),
+        captions=Field("sample", "several captions: 'sample' one per use, 'first', 'all' "
+                       "(one training example per caption) or 'k' (data.num_captions per "
+                       "image, the image once: 1-to-K)",
+                       choices=("sample", "first", "all", "k")),
+        num_captions=Field(2, "captions='k': captions per image (sampled without repeats "
+                           "while the record has enough)", gt=0),
         image_size=Field(32, "image side in pixels after cropping", gt=0),
         flip=Field(False, "random horizontal flip when training"),
         image_dtype=Field("uint8", "'uint8' (the tower normalises on device) or 'float32'",

@@ -53,7 +53,7 @@ MAX_CONSECUTIVE_BAD = 10_000
 
 def modality_names(config) -> tuple[str, str]:
   """(image modality, text modality): the names of the 'vit' and 'text' towers."""
-  by_kind = {cfg.kind: name for name, cfg in config.towers.items()}
+  by_kind = {cfg.kind: name for name, cfg in config.towers.items() if not cfg.get("input")}
   if "vit" not in by_kind or "text" not in by_kind:
     raise ValueError(f"config.towers: image/caption data needs a 'vit' and a 'text' tower, "
                      f"got {sorted(by_kind)}")

@@ -22,7 +22,7 @@ def run(config, embedder, params, data) -> tuple[dict, dict]:
   config.eval.classnames)."""
   labels = data["label"]
   has_labels = bool(np.all(labels >= 0))
-  z = {m: embedder(params, m, data[m]) for m in config.towers}
+  z = {m: embedder(params, m, data[config_lib.input_key(config, m)]) for m in config.towers}
   metrics = {}
   for a, b in config_lib.loss_pairs(config):
     for k, v in retrieval.bidirectional(a, z[a], b, z[b]).items():
@@ -32,7 +32,7 @@ def run(config, embedder, params, data) -> tuple[dict, dict]:
         nearest = np.argmax(z[q] @ z[g].T, axis=1)
         metrics[f"retrieval/{q}->{g}/class_top1"] = float(np.mean(labels[nearest] == labels))
   names = pipeline.classnames(config)
-  kinds = sorted(t.kind for t in config.towers.values())
+  kinds = sorted(t.kind for t in config.towers.values() if not t.get("input"))
   if names is not None and has_labels and kinds == ["text", "vit"]:
     image_key, text_key = pipeline.modality_names(config)
     tok = tokenizer_lib.get_tokenizer(config)

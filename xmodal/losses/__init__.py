@@ -22,16 +22,18 @@ two-tower entry points (name, x, y, scale, bias, ids) working on the engine.
 """
 
 import dataclasses
+import zlib
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from xmodal import config as config_lib
+from xmodal import config as config_lib, microbatch
 from xmodal.losses import engine, objectives, ring, state as state_lib, targets, terms
 
 BATCH_AXES = engine.BATCH_AXES
+GROUP_KEY = "group"            # data/pipeline.py GROUP_KEY: the batch's group ids
 LOSSES = {name: objectives.get(name) for name in ("softmax", "sigmoid")}
 
 
@@ -106,8 +108,43 @@ class Objective:
     return tuple(sorted(need - set(self.student_towers())))
 
   def batch_keys(self) -> tuple:
+    """Batch keys the loss reads besides the towers' inputs: the group ids (with group
+    positives) and the terms' (stored teacher embeddings)."""
     keys = {k for term in self.terms for a, b in term.pairs for k in term.needs(a, b)["batch"]}
-    return tuple(sorted(keys))
+    return (GROUP_KEY,) * self.group + tuple(sorted(keys))
+
+  def inputs(self, batch) -> dict:
+    """{tower: its batch input} for the towers the loss differentiates."""
+    return {t: batch[config_lib.input_key(self.config, t)] for t in self.student_towers()}
+
+  def prepare(self, model, state, batch, rng, microbatches: int = 1):
+    """The step's work without gradient, before the loss: -> (extras for `loss`, the loss
+    state this step reads). Embeds the batch with the frozen teacher / reference towers
+    and with the EMA copies (moved towards the current params first), one micro-batch at
+    a time when `microbatches` > 1."""
+    params = state["params"]
+    extras = {"rng": jax.random.fold_in(rng, 0x5eed), "step": state["step"]}
+    keys = self.batch_keys()
+    if GROUP_KEY in batch:            # the train loop puts it there with group positives
+      extras["group"] = batch[GROUP_KEY]
+    if keys[self.group:]:
+      extras["batch"] = {k: batch[k] for k in keys[self.group:]}
+    frozen = self.frozen_towers()
+    if frozen:
+      extras["frozen"] = microbatch.embed(
+          model, params, {t: batch[config_lib.input_key(self.config, t)] for t in frozen},
+          microbatches)
+    momenta = {t.name: t.opts.get("momentum", 0.0) for t in self.terms}
+    prepared = self.state.prepare(state.get("loss"), params, momenta)
+    if prepared is not None and "ema" in prepared:
+      extras["ema"] = {
+          term: microbatch.embed(model, {**params, **trees},
+                                 {t: batch[config_lib.input_key(self.config, t)] for t in trees},
+                                 microbatches)
+          for term, trees in prepared["ema"].items()}
+    if prepared is not None and "queue" in prepared:
+      extras["queues"] = prepared["queue"]
+    return extras, prepared
 
   # ------------------------------------------------------------------ the loss
   def __call__(self, params, embeddings, ids=None, extras=None):
@@ -137,10 +174,15 @@ class Objective:
   def loss(self, params, embeddings, extras):
     """-> (loss, (metrics {"loss/<term>[/a:b]": value}, queue updates)). extras: {"group",
     "frozen", "batch", "ema", "rng", "step", "queues"} as `prepare` returns them."""
-    ctx = self.context(embeddings, extras)
+    base = self.context(embeddings, extras)
     total, metrics, updates = 0.0, {}, {}
     for term in self.terms:
+      ctx = dataclasses.replace(base, ema=base.ema.get(term.name, {}),
+                                rng=None if base.rng is None else jax.random.fold_in(
+                                    base.rng, zlib.crc32(term.name.encode())))
       scale, bias = self.scale_and_bias(params, term)
+      if term.scale == "own":
+        metrics[f"scale/{term.name}"] = scale
       values = {}
       for a, b in term.pairs:
         rows, cols, consts = term.module.blocks(term.opts, ctx, a, b)

@@ -35,6 +35,13 @@ def embedding_shape(config, tower: str) -> tuple:
 
 
 class LossState:
+  """The loss's part of the train state (see the module docstring)."""
+
+  @classmethod
+  def from_config(cls, config, shards: int = 1) -> "LossState":
+    from xmodal.losses import terms   # noqa: PLC0415
+    return cls(config, terms.resolve(config), shards)
+
   def __init__(self, config, terms, shards: int):
     self.config, self.terms, self.shards = config, terms, shards
     self.ema = {t.name: tuple(sorted({x for a, b in t.pairs for x in t.needs(a, b)["ema"]}))

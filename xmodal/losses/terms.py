@@ -23,7 +23,7 @@ import re
 
 import ml_collections
 
-from xmodal import fields
+from xmodal import config as config_lib, fields
 from xmodal.fields import ConfigError, Field
 from xmodal.losses import families, objectives
 
@@ -95,7 +95,7 @@ def one_term(config) -> bool:
 
 def resolve(config) -> list[Term]:
   """The config's terms, with defaults filled in (the one-term case from loss.name)."""
-  pairs = _default_pairs(config)
+  pairs = tuple(config_lib.default_pairs(config))
   raw = (section(config.loss.name) if one_term(config) else None)
   entries = {config.loss.name: raw} if raw is not None else dict(config.loss.terms.items())
   out = []
@@ -113,13 +113,6 @@ def resolve(config) -> list[Term]:
     out.append(Term(name, objective, opts, float(full.weight), term_pairs, full.scale,
                     init, int(full.queue)))
   return out
-
-
-def _default_pairs(config) -> tuple:
-  if config.loss.pairs:
-    return tuple(tuple(p.split(":")) for p in config.loss.pairs)
-  names = [n for n, t in config.towers.items() if not t.get("input")]
-  return tuple((a, b) for i, a in enumerate(names) for b in names[i + 1:])
 
 
 def scalars(config) -> dict[str, float]:
@@ -164,8 +157,6 @@ def check(config) -> None:
   if not one_term(config) and config.loss.name != "softmax":
     raise ConfigError(f"config.loss.name: {config.loss.name!r} is not used when loss.terms "
                       f"is set; give each term its objective (loss.terms.<term>.objective)")
-  if one_term(config):
-    where = "loss."
   for name, entry in (config.loss.terms.items() if not one_term(config) else []):
     where = f"loss.terms.{name}."
     if not isinstance(entry, ml_collections.ConfigDict):
