@@ -85,11 +85,12 @@ class Objective:
     self.shards = shards(mesh)
     self.max_log_scale = float(jnp.log(config.loss.max_scale))
     self.group = config_lib.group_positives(config)
-    self._passes = {t.name: self._make_passes(t) for t in self.terms}
+    self._passes = {(t.name, a, b): self._make_passes(t, (a, b))
+                    for t in self.terms for a, b in t.pairs}
     self.state = state_lib.LossState(config, self.terms, self.shards)
 
-  def _make_passes(self, term):
-    c = term.module.contrast(term.opts)
+  def _make_passes(self, term, pair):
+    c = term.module.contrast(term.opts, pair=pair)
     impl, tile = self.config.loss.impl, self.config.loss.tile_size
     if not term.queue:
       return (driver(impl, c, self.mesh, tile),)
@@ -187,7 +188,7 @@ class Objective:
       for a, b in term.pairs:
         rows, cols, consts = term.module.blocks(term.opts, ctx, a, b)
         theta = {"scale": scale, "bias": bias, **targets.stop(consts)}
-        passes = self._passes[term.name]
+        passes = self._passes[(term.name, a, b)]
         if len(passes) == 1:
           values[f"{a}:{b}"] = passes[0](theta, rows, cols)
         else:

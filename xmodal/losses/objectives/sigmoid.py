@@ -22,7 +22,7 @@ FIELDS = dict(
 EXAMPLE = dict(label_smoothing=0.1)
 
 
-def contrast(opts, weight_fn=targets.same_id) -> engine.Contrast:
+def contrast(opts, pair=None, weight_fn=targets.same_id) -> engine.Contrast:
   eps = float(opts.label_smoothing)
 
   def score(theta, rf, cf, rm, cm):
