@@ -17,7 +17,7 @@ grain `DatasetIterator` whose state is saved in every checkpoint, so a resumed r
 exactly the batches an uninterrupted one would.
 
 Each batch is {image modality: uint8 [b, S, S, 3] (or float32, `data.image_dtype`),
-text modality: int32 [b, L], "label": int32 [b], "skipped": int32 [b], "epoch": int32 [b],
+text modality: int32 [b, L] ([b, K, L] with `data.captions="k"`), "label": int32 [b], "skipped": int32 [b], "epoch": int32 [b],
 "source": int32 [b], "group": int32 [b]}, where the modality keys are the tower names,
 "skipped" counts the unreadable rows dropped just before each example, "epoch" is the pass
 over its source the example comes from (0-based), "source" its index in the mixture (0
@@ -149,7 +149,7 @@ class Preprocess(grain.transforms.RandomMap):
   train=True: random resized crop (+ flip); train=False: resize + center crop (rng unused).
   Several captions: "sample" picks one at random per use (eval: the first), "first" the
   first, "all" yields {"_many": [one example per caption]} (same pixels), which `SkipBad`
-  unrolls.
+  unrolls, "k" gives the text modality `num_captions` captions [K, L] (eval: the first).
   """
   image_key: str
   text_key: str
@@ -160,6 +160,7 @@ class Preprocess(grain.transforms.RandomMap):
   crop_ratio: tuple = (0.75, 1.3333)
   flip: bool = False
   captions: str = "sample"
+  num_captions: int = 1
   image_dtype: str = "uint8"
   normalize: str = "none"
 
@@ -214,6 +215,14 @@ class Preprocess(grain.transforms.RandomMap):
 
     if self.captions == "all" and self.train:
       return {"_many": [example(c) for c in captions]}
+    if self.captions == "k" and self.train:
+      # 1-to-K: k captions of the record (without repeats while it has enough, so a short
+      # record repeats its captions in a random order), the image once.
+      order = rng.permutation(len(captions))
+      picks = [captions[order[i % len(captions)]] for i in range(self.num_captions)]
+      out = example(picks[0])
+      out[self.text_key] = np.stack([self.tokenizer.encode(c) for c in picks])
+      return out
     if self.captions == "sample" and self.train and len(captions) > 1:
       return example(captions[int(rng.integers(len(captions)))])
     return example(captions[0])
@@ -295,7 +304,8 @@ def preprocess_for(config, train: bool) -> Preprocess:
   return Preprocess(image_key=image_key, text_key=text_key, image_size=d.image_size,
                     tokenizer=tokenizer_lib.get_tokenizer(config), train=train,
                     crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
-                    flip=d.flip, captions=d.captions, image_dtype=d.image_dtype,
+                    flip=d.flip, captions=d.captions, num_captions=d.num_captions,
+                    image_dtype=d.image_dtype,
                     normalize=d.normalize)
 
 

@@ -76,9 +76,9 @@ def softmax_dense(s, targets, axis: int, valid=None):
   `targets` (list of Target), with `valid` [1, c] (or [r, c]) masking columns out of the
   normaliser and the targets. The reference formula: differentiable by JAX."""
   s = _masked(s, valid, -jnp.inf)
-  top = jax.lax.stop_gradient(jnp.max(s, axis=axis))        # cancels out of the value
+  top = jnp.max(s, axis=axis)                # cancels out of the value, not of the gradient
   shifted = s - _expand(top, axis)
-  log_norm = jnp.log(jnp.sum(jnp.exp(shifted), axis=axis))
+  log_norm = jnp.log1p(_tail(s, top, axis))
   n = top.shape[0]
   mass, pos = jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32)
   safe = _masked(shifted, valid, 0.0)
@@ -88,6 +88,15 @@ def softmax_dense(s, targets, axis: int, valid=None):
     mass = mass + alpha
     pos = pos + alpha * jnp.sum(q * safe, axis=axis)        # = sum_k alpha (A/Z - m)
   return mass * log_norm - pos
+
+
+def _tail(s, top, axis):
+  """sum_j exp(s_j - top) - 1 along `axis`, without forming the 1: the terms below the max
+  plus the count of further ties at the max. log1p of it is the log-normaliser below the
+  max, exact when the max dominates (a confident row's loss ~1e-6 keeps its digits)."""
+  at_top = s == _expand(top, axis)
+  below = jnp.where(at_top, 0.0, jnp.exp(s - _expand(_safe(top), axis)))
+  return jnp.sum(below, axis=axis) + (jnp.sum(at_top, axis=axis) - 1)
 
 
 def _distribution(t: Target, axis, valid):
@@ -110,7 +119,8 @@ def softmax_init(n, targets_like):
     if t.logw is not None:
       c["top"] = jnp.full((n,), -jnp.inf, jnp.float32)
     comps.append(c)
-  return {"m": jnp.full((n,), -jnp.inf, jnp.float32), "l": jnp.zeros((n,), jnp.float32),
+  # m: running max; l: running sum of exp(s - m) minus one (the max's own term), see _tail.
+  return {"m": jnp.full((n,), -jnp.inf, jnp.float32), "l": jnp.full((n,), -1.0, jnp.float32),
           "comps": comps}
 
 
@@ -122,9 +132,14 @@ def softmax_update(stats, s, targets, axis: int, valid=None):
   """Extends the statistics with one tile s [r, c]; `valid` [1, c] masks padded or empty
   columns (only for axis=1: padded columns' own statistics are discarded)."""
   sm = _masked(s, valid, -jnp.inf)
-  m_new = jnp.maximum(stats["m"], jnp.max(sm, axis=axis))
-  l_new = (stats["l"] * jnp.exp(stats["m"] - _safe(m_new))
-           + jnp.sum(jnp.exp(sm - _expand(_safe(m_new), axis)), axis=axis))
+  m, l = stats["m"], stats["l"]
+  tm = jnp.max(sm, axis=axis)
+  tail = _tail(sm, tm, axis)
+  m_new = jnp.maximum(m, tm)
+  # A new max: the old terms (l + 1 of them, relative to m) fall below it. Otherwise the
+  # tile's terms (its max and its tail) join the tail.
+  l_new = jnp.where(tm > m, (l + 1.0) * jnp.exp(m - _safe(tm)) + tail,
+                    l + jnp.where(jnp.isfinite(tm), (1.0 + tail) * jnp.exp(tm - _safe(m)), 0.0))
   comps = []
   # Invalid columns get weight 0; their scores are finite (padding and empty queue rows
   # are zero features), so w * s needs no second mask.
@@ -148,7 +163,7 @@ def softmax_finish(stats, alphas):
   ([n] or scalar). Also returns what the backward pass needs (max, log-normaliser kept
   apart, per component its normaliser and max)."""
   n = stats["m"].shape[0]
-  log_norm = jnp.log(stats["l"])
+  log_norm = jnp.log1p(stats["l"])
   mass = jnp.zeros((n,), jnp.float32)
   pos = jnp.zeros((n,), jnp.float32)
   saved = {"m": stats["m"], "ll": log_norm, "comps": []}
@@ -164,7 +179,7 @@ def softmax_grad(s, targets, saved, axis: int, valid=None):
   """dloss/ds for one tile, from the saved statistics of the direction: [r, c], zero at
   invalid columns. Summed over the direction's rows' losses (not averaged)."""
   n = saved["m"].shape[0]
-  p = jnp.exp((s - _expand(saved["m"], axis)) - _expand(saved["ll"], axis))
+  d = (s - _expand(saved["m"], axis)) - _expand(saved["ll"], axis)     # log softmax
   mass = jnp.zeros((n,), jnp.float32)
   q = jnp.zeros(s.shape, jnp.float32)
   for t, c in zip(targets, saved["comps"]):
@@ -175,7 +190,12 @@ def softmax_grad(s, targets, saved, axis: int, valid=None):
     else:
       dist = jnp.exp(t.logw - _expand(_safe(c["top"]), axis)) / _expand(c["z"], axis)
     q = q + _expand(alpha, axis) * dist
-  return _masked(_expand(mass, axis) * p - q, valid, 0.0)
+  mass = _expand(mass, axis)
+  # At the row's max, M p - q as M expm1(d) + (M - q): a confident positive's gradient
+  # (p ~ 1, q = 1) keeps its digits instead of being 1 - 1 + rounding.
+  top = s == _expand(saved["m"], axis)
+  grad = jnp.where(top, mass * jnp.expm1(d) + (mass - q), mass * jnp.exp(d) - q)
+  return _masked(grad, valid, 0.0)
 
 
 # ----------------------------------------------------------------------------- sigmoid
