@@ -171,6 +171,16 @@ def check(config) -> None:
       _check_pair(f"{where}pairs", pair, towers)
   for term in resolve(config):
     where = "loss." if one_term(config) else f"loss.terms.{term.name}."
+    if hasattr(term.module, "check"):        # first: it names the option that is wrong
+      try:
+        term.module.check(term.opts, config, where)
+      except ConfigError as e:
+        if not one_term(config):
+          raise
+        raise ConfigError(
+            f"config.loss.name: {term.objective!r} at its defaults cannot run ({e}); declare "
+            f"it as a term with its options, e.g. config.loss.terms.{term.objective} = "
+            f"terms.section({term.objective!r}, ...)") from None
     for a, b in term.pairs:
       if a in towers and towers[a].get("input") or b in towers and towers[b].get("input"):
         raise ConfigError(f"config.{where}pairs: {a}:{b} spans a tower that reads another "
@@ -191,8 +201,6 @@ def check(config) -> None:
       if any(term.needs(a, b)["batch"] for a, b in term.pairs):
         raise ConfigError(f"config.{where}queue: not with teacher embeddings read from the "
                           f"batch (their size is known only from the data)")
-    if hasattr(term.module, "check"):
-      term.module.check(term.opts, config, where)
 
 
 def _check_pair(field, pair, towers):
