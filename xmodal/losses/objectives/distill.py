@@ -1,7 +1,7 @@
-"""Distillation from a teacher's logits: open_clip's DistillClipLoss, and MobileCLIP's
-ensemble of teachers stored with the data.
+"""Distillation from a teacher's logits (open_clip's DistillClipLoss; MobileCLIP's ensembles).
 
-The student's scores S = t x @ y.T (CLIP's learnable scale) are trained towards the
+Teachers run in the step as frozen towers, or their embeddings are stored with the data (an
+ensemble of M teachers per example, MobileCLIP). The student's scores S = t x @ y.T (CLIP's learnable scale) are trained towards the
 softmax of a teacher's logits T^k = s_k tx^k @ ty^k.T in both directions (ensemble member
 k, its scale s_k; the embeddings unit-normalised):
 

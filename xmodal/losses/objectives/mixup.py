@@ -1,7 +1,6 @@
-"""Mixup contrastive (M3Co; MixCo): one tower's rows mixed within the device shard, two
-nonzero targets per row.
+"""Mixup contrastive (M3Co, MixCo): mixed rows with two nonzero targets each.
 
-Kumar, Singhal et al. 2024, "Harnessing Shared Relations via Multimodal Mixup Contrastive
+One tower's rows are mixed within the device shard. Kumar, Singhal et al. 2024, "Harnessing Shared Relations via Multimodal Mixup Contrastive
 Learning for Multimodal Classification" (M3CoL), after MixCo (Kim et al. 2020). Row i of
 the mixed tower is x~_i = unit(lam_i x_i + (1 - lam_i) x_p(i)) with p a random permutation
 of the rows of the device's shard (mixing moves no data between devices) and
