@@ -258,3 +258,27 @@ def test_loss_terms_train_from_the_cli_and_resume_exactly(tmp_path):
   assert any("ema" in jax.tree_util.keystr(p) for p, _ in leaves[0])
   for (p, a), (_, b) in zip(*leaves):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(p))
+
+
+def test_captions_k_run_scores_each_image_against_its_k_captions(tmp_path):
+  """data.captions="k" (1-to-K): the text tower embeds [B, 2] captions per image, the image
+  once; every caption is a positive of its image; the loss falls."""
+  from PIL import Image
+  colours = list(shapes.COLOURS)
+  rows = []
+  for i in range(30):
+    shape, colour = shapes.SHAPES[i % 5], colours[i % 6]
+    Image.fromarray(shapes.render(shape, colour, "large", 1, 1, 16,
+                                  np.random.default_rng(i))).save(tmp_path / f"{i}.png")
+    rows.append({"image": f"{i}.png", "caption": [f"a {colour} {shape}", f"{shape}, {colour}",
+                                                  f"the {colour} one"][:1 + i % 3]})
+  (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+  config = make_tiny_config(**{"data.source": "manifest", "data.captions": "k",
+                               "data.num_captions": 2, "train.total_steps": 12,
+                               "optim.lr": 3e-3, "data.train_files": str(tmp_path / "data.jsonl"),
+                               "data.eval_files": str(tmp_path / "data.jsonl")})
+  final = train.train(config, str(tmp_path / "run"))
+  losses = [r["loss"] for r in metrics_lib.read_jsonl(str(tmp_path / "run")) if "loss" in r]
+  assert len(losses) == 12 and all(np.isfinite(losses))
+  assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.2, losses
+  assert final["eval/examples"] == 30
