@@ -123,3 +123,36 @@ def test_teacher_towers_run_in_the_step_without_gradient():
   assert any(np.abs(np.asarray(a) - np.asarray(b)).max() > 0
              for a, b in zip(jax.tree.leaves(new["params"]["x"]),
                              jax.tree.leaves(state["params"]["x"])))
+
+
+def test_stored_teachers_train_from_a_features_file(tmp_path):
+  """MobileCLIP-style: two teachers' embeddings stored per example in the features file
+  ([N, 2, 6]); the train loop carries those batch keys to the distill term; the config
+  names a key the file lacks."""
+  from xmodal import train
+  from xmodal import metrics as metrics_lib
+  rng = np.random.RandomState(0)
+  n = 64
+  latent = rng.normal(size=(n, 4))
+  arrays = {"x": latent @ rng.normal(size=(4, 8)), "y": latent @ rng.normal(size=(4, 8)),
+            "tx": np.stack([latent @ rng.normal(size=(4, 6)) for _ in range(2)], 1),
+            "ty": np.stack([latent @ rng.normal(size=(4, 6)) for _ in range(2)], 1),
+            "label": np.arange(n) % 4}
+  np.savez(tmp_path / "f.npz", **{k: v.astype(np.float32 if k != "label" else np.int32)
+                                  for k, v in arrays.items()})
+  c = make_tiny_config(**{"data.source": "features", "data.train_files": str(tmp_path / "f.npz"),
+                          "data.eval_files": str(tmp_path / "f.npz"), "model.embed_dim": 8,
+                          "batch_size": 16, "train.total_steps": 6, "optim.warmup_steps": 1})
+  c.towers = loss_cases.vector_towers(x=dict(features=8, width=16), y=dict(features=8, width=16))
+  c.loss.terms = ml_collections.ConfigDict({
+      "clip": terms.section("softmax"),
+      "distill": terms.section("distill", source="batch", teacher="tx:ty",
+                               teacher_scale=(10.0, 20.0))})
+  final = train.train(c, str(tmp_path / "run"))
+  rows = [r for r in metrics_lib.read_jsonl(str(tmp_path / "run")) if "loss" in r]
+  assert len(rows) == 6 and all(np.isfinite(r["loss/distill"]) for r in rows)
+  assert rows[-1]["loss/distill"] < rows[0]["loss/distill"]
+  assert final["eval/examples"] == n
+  c.loss.terms.distill.teacher = "tx:t_text"
+  with pytest.raises(config_lib.ConfigError, match=r"loss\.terms\.distill\.teacher: \['t_text'\]"):
+    config_lib.validate(c, 1)

@@ -258,6 +258,10 @@ def test_loss_terms_train_from_the_cli_and_resume_exactly(tmp_path):
   assert any("ema" in jax.tree_util.keystr(p) for p, _ in leaves[0])
   for (p, a), (_, b) in zip(*leaves):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(p))
+  m = xmodal.load(once)                                # the term's own scale is a param too
+  assert "logit_scale_cw" in m.params
+  z = m.encode(x=np.ones((3, 8), np.float32), y=np.ones((3, 8), np.float32), tx=np.ones((3, 8), np.float32))
+  assert z["x"].shape == (3, 16) and z["tx"].shape == (3, 16)
 
 
 def test_captions_k_run_scores_each_image_against_its_k_captions(tmp_path):

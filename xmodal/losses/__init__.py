@@ -34,7 +34,6 @@ from xmodal.losses import engine, objectives, ring, state as state_lib, targets,
 
 BATCH_AXES = engine.BATCH_AXES
 GROUP_KEY = "group"            # data/pipeline.py GROUP_KEY: the batch's group ids
-LOSSES = {name: objectives.get(name) for name in ("softmax", "sigmoid")}
 
 
 @dataclasses.dataclass
