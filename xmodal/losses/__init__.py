@@ -7,7 +7,9 @@ each score (engine.Contrast); the drivers run every objective:
   dense     every row on one device (the reference; engine.dense).
   gathered  inside `shard_map`: each device all-gathers the columns (and the rows, for the
             column direction) from every device of the batch axes (data x fsdp) and scores
-            its local rows against them. Memory: a [b, B] block (engine.gathered).
+            its local rows against them tile by tile (`config.loss.tile_size` columns),
+            with the ring's recomputing custom VJP (ring.gathered). Memory: the gathered
+            [B, D] blocks and one [b, tile_size] tile.
   ring      inside `shard_map`: blocks of columns pass around the devices with `ppermute`
             and are scored tile by tile (`config.loss.tile_size` columns) with running
             statistics and a recomputing custom VJP (losses/ring.py). Memory: a few [b, D]
@@ -60,7 +62,7 @@ def driver(impl: str, contrast: engine.Contrast, mesh, tile_size: int = 256) -> 
   if impl == "dense":
     return lambda theta, rows, cols, extra=None: engine.dense(contrast, theta, rows, cols, extra)
   if impl == "gathered":
-    return engine.gathered(contrast, mesh, BATCH_AXES)
+    return ring.gathered(contrast, mesh, tile_size, BATCH_AXES)
   if impl == "ring":
     return ring.ring(contrast, mesh, tile_size, BATCH_AXES)
   raise ValueError(f"config.loss.impl: unknown implementation {impl!r}")
@@ -253,9 +255,10 @@ def pair_loss_fn(name: str, impl: str, mesh, tile_size: int = 256,
   return f
 
 
-def gathered_loss(name: str, mesh, axes=BATCH_AXES, weight_fn=targets.same_id) -> Callable:
+def gathered_loss(name: str, mesh, axes=BATCH_AXES, weight_fn=targets.same_id,
+                  tile_size: int = 256) -> Callable:
   """f(x, y, scale, bias=0, ids=None) -> scalar: the gathered driver (see `pair_loss_fn`)."""
-  run = engine.gathered(_contrast(name, weight_fn), mesh, axes)
+  run = ring.gathered(_contrast(name, weight_fn), mesh, tile_size, axes)
   return lambda x, y, scale, bias=0.0, ids=None: run(_theta(scale, bias), *_blocks(x, y, ids))
 
 

@@ -22,11 +22,11 @@ columns of the column direction (y -> x) for softmax; the sum of every pair's te
 by the number of rows for sigmoid. Optional `extra` columns (a feature queue) join the
 columns of the row direction only, without gradient.
 
-Drivers, each equal to the others in value and gradient (tests/test_drivers.py):
-  dense     everything on one device: the reference.
-  gathered  inside shard_map: each device all-gathers the columns (and, for the column
-            direction, the rows) and scores its local rows / columns; memory [b, B].
-  ring      losses/ring.py: tiles of travelling columns, flat memory.
+Drivers, each equal to the others in value and gradient (tests/test_engine.py):
+  dense     everything on one device, differentiated by JAX: the reference (here).
+  gathered  losses/ring.py: each device all-gathers the columns and scores its rows
+            against them tile by tile; memory: the gathered [B, D] blocks and one tile.
+  ring      losses/ring.py: columns travel round the devices, tile by tile; flat memory.
 """
 
 import dataclasses
@@ -35,7 +35,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import PartitionSpec as P
 
 from xmodal.losses import families
 
@@ -93,27 +92,28 @@ def concat(a, b):
   return jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
 
 
-def _no_grad(block):
+def no_grad(block):
   return {"feat": lax.stop_gradient(block["feat"]), "meta": block["meta"]}
 
 
-def block_sums(contrast: Contrast, theta, rows, cols, rows_all=None, cols_local=None):
-  """Unnormalised sums over one device's work: (row direction sum, column direction sum).
-  rows: this device's rows; cols: every column the rows are scored against (with
-  meta["valid"]); rows_all / cols_local: the column direction's rows (all of them) and
-  columns (this device's), when it is computed."""
+def block_sums(contrast: Contrast, theta, rows, cols, rows_all=None, cols_local=None,
+               valid=None):
+  """Unnormalised sums over one block, by JAX autodiff of the families' dense formulas:
+  (row direction sum, column direction sum). rows against cols (`valid` [c]: which columns
+  count, None = all); rows_all / cols_local: the column direction's rows and columns."""
   fam = contrast.family
   tconst = lax.stop_gradient(theta)
-  valid = cols["meta"]["valid"][None, :]
+  mask = None if valid is None else valid[None, :]
+  zero = jnp.zeros((), jnp.float32)
   if fam == families.SIGMOID:
     s = contrast.scores(theta, rows["feat"], cols["feat"], rows["meta"], cols["meta"])[0]
     w = lax.stop_gradient(contrast.targets(tconst, rows["meta"], cols["meta"])["pair"])
-    return families.sigmoid_dense(s, w, valid), jnp.zeros((), jnp.float32)
-  row_sum = col_sum = jnp.zeros((), jnp.float32)
+    return families.sigmoid_dense(s, w, mask), zero
+  row_sum = col_sum = zero
   if "row" in contrast.directions:
     s = contrast.scores(theta, rows["feat"], cols["feat"], rows["meta"], cols["meta"])[0]
     t = lax.stop_gradient(contrast.targets(tconst, rows["meta"], cols["meta"])["row"])
-    row_sum = jnp.sum(families.softmax_dense(s, t, 1, valid))
+    row_sum = jnp.sum(families.softmax_dense(s, t, 1, mask))
   if "col" in contrast.directions:
     s = contrast.scores(theta, rows_all["feat"], cols_local["feat"], rows_all["meta"],
                         cols_local["meta"])[1]
@@ -122,7 +122,17 @@ def block_sums(contrast: Contrast, theta, rows, cols, rows_all=None, cols_local=
   return row_sum, col_sum
 
 
-def _check_extra(contrast, extra):
+def zero_cotangent(tree):
+  """Zero cotangents for inputs that get no gradient (integers get float0)."""
+  def zero(a):
+    a = jnp.asarray(a)
+    if jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype, jnp.complexfloating):
+      return jnp.zeros_like(a)
+    return jnp.zeros(a.shape, jax.dtypes.float0)
+  return jax.tree.map(zero, tree)
+
+
+def check_extra(contrast, extra):
   if extra is not None and (contrast.family == families.SOFTMAX
                             and "col" in contrast.directions):
     raise ValueError("extra columns (a queue) join the row direction only: run the column "
@@ -143,44 +153,12 @@ def _normalise(contrast, row_sum, col_sum, num_rows, num_cols):
 
 def dense(contrast: Contrast, theta, rows, cols, extra=None):
   """The reference: every row against every column on one device -> scalar loss."""
-  _check_extra(contrast, extra)
+  check_extra(contrast, extra)
   if not contrast.grad_cols:
-    cols = _no_grad(cols)
-  cols = with_valid(cols)
-  everything = cols if extra is None else concat(cols, with_valid(_no_grad(extra)))
-  row_sum, col_sum = block_sums(contrast, theta, rows, everything, rows, cols)
+    cols = no_grad(cols)
+  everything, valid = cols, None
+  if extra is not None:
+    everything = concat(with_valid(cols), with_valid(no_grad(extra)))
+    valid = everything["meta"]["valid"]
+  row_sum, col_sum = block_sums(contrast, theta, rows, everything, rows, cols, valid)
   return _normalise(contrast, row_sum, col_sum, rows_of(rows), rows_of(cols))
-
-
-def gathered(contrast: Contrast, mesh, axes=BATCH_AXES) -> Callable:
-  """Sharded over `axes` of `mesh` (rows, columns and extra columns split in contiguous
-  blocks): f(theta, rows, cols, extra=None) -> scalar, equal to `dense`. Each device
-  all-gathers the columns (for the column direction also the rows) inside shard_map;
-  JAX differentiates through the gathers."""
-  axes = tuple(a for a in axes if a in mesh.axis_names)
-
-  def per_device(theta, rows, cols, extra):
-    cols = with_valid(cols)
-    cols_all = lax.all_gather(cols, axes, tiled=True)
-    if extra is not None:
-      cols_all = concat(cols_all, lax.all_gather(with_valid(extra), axes, tiled=True))
-    needs_rows = contrast.family == families.SOFTMAX and "col" in contrast.directions
-    rows_all = lax.all_gather(rows, axes, tiled=True) if needs_rows else None
-    row_sum, col_sum = block_sums(contrast, theta, rows, cols_all, rows_all, cols)
-    return lax.psum(row_sum, axes), lax.psum(col_sum, axes)
-
-  def f(theta, rows, cols, extra=None):
-    _check_extra(contrast, extra)
-    if not contrast.grad_cols:
-      cols = _no_grad(cols)
-    if extra is not None:
-      extra = _no_grad(extra)
-    spec = lambda tree: jax.tree.map(lambda _: P(axes), tree)  # noqa: E731
-    fn = jax.shard_map(per_device, mesh=mesh,
-                       in_specs=(jax.tree.map(lambda _: P(), theta), spec(rows), spec(cols),
-                                 None if extra is None else spec(extra)),
-                       out_specs=(P(), P()), check_vma=False)
-    row_sum, col_sum = fn(theta, rows, cols, extra)
-    return _normalise(contrast, row_sum, col_sum, rows_of(rows), rows_of(cols))
-
-  return f

@@ -30,6 +30,7 @@ blocks, their gradients, the travelling block and its gradient (each with ppermu
 receive buffer), one tile and O(b) statistics, whatever the global batch.
 """
 
+import dataclasses
 import functools
 import math
 from typing import Callable
@@ -122,7 +123,11 @@ def _with_alpha(stats, targets, n):
 
 # ----------------------------------------------------------------------------- forward
 
-def _forward_device(theta, rows, cols, extra, *, contrast, n, axes, geo, geo_extra):
+def _psum(x, axes):
+  return lax.psum(x, axes) if axes else x
+
+
+def _forward_device(theta, rows, cols, extra, *, contrast, n, axes, geo, geo_extra, totals):
   fam, dirs = contrast.family, contrast.directions
   theta_c = lax.stop_gradient(theta)
   b = engine.rows_of(rows)
@@ -171,24 +176,26 @@ def _forward_device(theta, rows, cols, extra, *, contrast, n, axes, geo, geo_ext
   # variant holds one more block (measured), so the last, unneeded hop is the cheaper price.
   local, trav = _ring(n, axes, body, local, (cols_p, extra_p, col_stats),
                       homeward=(2,) if col_dir else None)
+  rows_total, cols_total = totals
   if not softmax:
-    return lax.psum(local, axes) / (n * b), ({}, {})
+    return _psum(local, axes) / rows_total, ({}, {})
   w_row, w_col = contrast.weights
   total = jnp.zeros((), jnp.float32)
   row_saved = col_saved = {}
   if row_dir:
     losses, row_saved = families.softmax_finish(local, [c["alpha"] for c in local["comps"]])
-    total = total + w_row * lax.psum(jnp.sum(losses), axes) / (n * b)
+    total = total + w_row * _psum(jnp.sum(losses), axes) / rows_total
   if col_dir:
     cs = jax.tree.map(lambda a: a[:geo.c], trav[2])
     losses, col_saved = families.softmax_finish(cs, [c["alpha"] for c in cs["comps"]])
-    total = total + w_col * lax.psum(jnp.sum(losses), axes) / (n * geo.c)
+    total = total + w_col * _psum(jnp.sum(losses), axes) / cols_total
   return total, (row_saved, col_saved)
 
 
 # ----------------------------------------------------------------------------- backward
 
-def _backward_device(theta, rows, cols, extra, saved, g, *, contrast, n, axes, geo, geo_extra):
+def _backward_device(theta, rows, cols, extra, saved, g, *, contrast, n, axes, geo, geo_extra,
+                     totals):
   fam, dirs = contrast.family, contrast.directions
   softmax = fam == families.SOFTMAX
   row_dir = not softmax or "row" in dirs
@@ -198,8 +205,8 @@ def _backward_device(theta, rows, cols, extra, saved, g, *, contrast, n, axes, g
   b = engine.rows_of(rows)
   row_saved, col_saved = saved
   w_row, w_col = contrast.weights if softmax else (1.0, 0.0)
-  coef_row = g * w_row / (n * b)
-  coef_col = g * w_col / (n * geo.c)
+  coef_row = g * w_row / totals[0]
+  coef_col = g * w_col / totals[1]
   rf = _f32(rows["feat"])
   cols_p = geo.pad(cols)
   extra_p = None if extra is None else geo_extra.pad(extra)
@@ -266,7 +273,7 @@ def _backward_device(theta, rows, cols, extra, saved, g, *, contrast, n, axes, g
 
 
 def dtheta_psum(dtheta, axes):
-  return jax.tree.map(lambda a: lax.psum(a, axes), dtheta)
+  return jax.tree.map(lambda a: _psum(a, axes), dtheta)
 
 
 # ----------------------------------------------------------------------------- public
@@ -288,7 +295,8 @@ def ring(contrast: engine.Contrast, mesh, tile_size: int = 256, axes=BATCH_AXES)
     c = engine.rows_of(cols) // n
     q = 0 if extra is None else engine.rows_of(extra) // n
     return dict(contrast=contrast, n=n, axes=axes, geo=_Geometry(c, tile_size),
-                geo_extra=_Geometry(max(q, 1), tile_size))
+                geo_extra=_Geometry(max(q, 1), tile_size),
+                totals=(engine.rows_of(rows), engine.rows_of(cols)))
 
   def forward(theta, rows, cols, extra):
     f = functools.partial(_forward_device, **statics(rows, cols, extra))
@@ -311,13 +319,7 @@ def ring(contrast: engine.Contrast, mesh, tile_size: int = 256, axes=BATCH_AXES)
     dtheta, drf, dcf = jax.shard_map(
         f, mesh=mesh, in_specs=(P(), P(axes), P(axes), P(axes), P(axes), P()),
         out_specs=(P(), P(axes), P(axes)), check_vma=False)(theta, rows, cols, extra, saved, g)
-    cast = lambda d, x: jax.tree.map(lambda a, b: a.astype(b.dtype), d, x)  # noqa: E731
-    drows = {"feat": cast(drf, rows["feat"]), "meta": _zero_cotangent(rows["meta"])}
-    dcols = {"feat": (cast(dcf, cols["feat"]) if contrast.grad_cols
-                      else jax.tree.map(jnp.zeros_like, cols["feat"])),
-             "meta": _zero_cotangent(cols["meta"])}
-    dextra = None if extra is None else _zero_cotangent(extra)
-    return cast(dtheta, theta), drows, dcols, dextra
+    return _cotangents(contrast, theta, rows, cols, extra, dtheta, drf, dcf)
 
   loss.defvjp(loss_fwd, loss_bwd)
 
@@ -328,14 +330,88 @@ def ring(contrast: engine.Contrast, mesh, tile_size: int = 256, axes=BATCH_AXES)
   return f
 
 
-def _zero_cotangent(tree):
-  """Zero cotangents for non-differentiable inputs (ints get float0)."""
-  def zero(a):
-    a = jnp.asarray(a)
-    if jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype, jnp.complexfloating):
-      return jnp.zeros_like(a)
-    return jnp.zeros(a.shape, jax.dtypes.float0)
-  return jax.tree.map(zero, tree)
+def local(contrast: engine.Contrast, tile_size: int, totals: tuple) -> Callable:
+  """f(theta, rows, cols, extra=None) -> this device's share of the loss (its rows'
+  losses over `totals` = (all rows, all columns)) against columns it holds whole: the
+  ring's tile loop and recomputing custom VJP without the ring. For use inside shard_map
+  (the gathered driver)."""
+
+  def statics(cols, extra):
+    q = 0 if extra is None else engine.rows_of(extra)
+    return dict(contrast=contrast, n=1, axes=(), totals=totals,
+                geo=_Geometry(engine.rows_of(cols), tile_size),
+                geo_extra=_Geometry(max(q, 1), tile_size))
+
+  @jax.custom_vjp
+  def f(theta, rows, cols, extra):
+    return _forward_device(theta, rows, cols, extra, **statics(cols, extra))[0]
+
+  def f_fwd(theta, rows, cols, extra):
+    value, saved = _forward_device(theta, rows, cols, extra, **statics(cols, extra))
+    return value, (theta, rows, cols, extra, saved)
+
+  def f_bwd(res, g):
+    theta, rows, cols, extra, saved = res
+    dtheta, drf, dcf = _backward_device(theta, rows, cols, extra, saved, g,
+                                        **statics(cols, extra))
+    return _cotangents(contrast, theta, rows, cols, extra, dtheta, drf, dcf)
+
+  f.defvjp(f_fwd, f_bwd)
+  return lambda theta, rows, cols, extra=None: f(theta, rows, cols, extra)
+
+
+def _cotangents(contrast, theta, rows, cols, extra, dtheta, drf, dcf):
+  cast = lambda d, x: jax.tree.map(lambda a, b: a.astype(b.dtype), d, x)  # noqa: E731
+  drows = {"feat": cast(drf, rows["feat"]), "meta": engine.zero_cotangent(rows["meta"])}
+  dcols = {"feat": (cast(dcf, cols["feat"]) if contrast.grad_cols
+                    else jax.tree.map(jnp.zeros_like, cols["feat"])),
+           "meta": engine.zero_cotangent(cols["meta"])}
+  dextra = None if extra is None else engine.zero_cotangent(extra)
+  return cast(dtheta, theta), drows, dcols, dextra
+
+
+def gathered(contrast: engine.Contrast, mesh, tile_size: int = 256,
+             axes=BATCH_AXES) -> Callable:
+  """f(theta, rows, cols, extra=None) -> scalar loss, equal to `engine.dense`. Inside
+  shard_map each device all-gathers the columns (and extra columns) and scores its rows
+  against them tile by tile (`local`); for the column direction it all-gathers the rows
+  and scores its own columns against them (the swapped objective). Memory: the gathered
+  [B, D] blocks and one [b, tile] tile; JAX differentiates through the gathers."""
+  if tile_size < 1:
+    raise ValueError(f"config.loss.tile_size: must be > 0, got {tile_size}")
+  axes = tuple(a for a in axes if a in mesh.axis_names)
+  softmax = contrast.family == families.SOFTMAX
+  w_row, w_col = contrast.weights
+  forward = dataclasses.replace(contrast, directions=("row",), weights=(w_row, 0.0))
+  backward = (dataclasses.replace(contrast.swap(), directions=("row",), weights=(w_col, 0.0))
+              if softmax and "col" in contrast.directions else None)
+  if softmax and "row" not in contrast.directions:
+    forward = None
+
+  def f(theta, rows, cols, extra=None):
+    engine.check_extra(contrast, extra)
+    if not contrast.grad_cols:
+      cols = engine.no_grad(cols)
+    if extra is not None:
+      extra = engine.no_grad(extra)
+    totals = (engine.rows_of(rows), engine.rows_of(cols))
+    row_pass = forward and local(forward, tile_size, totals)
+    col_pass = backward and local(backward, tile_size, totals[::-1])
+
+    def per_device(theta, rows, cols, extra):
+      total = jnp.zeros((), jnp.float32)
+      if row_pass:
+        gather = lambda b: None if b is None else lax.all_gather(b, axes, tiled=True)  # noqa: E731
+        total = total + row_pass(theta, rows, gather(cols), gather(extra))
+      if col_pass:
+        total = total + col_pass(theta, cols, lax.all_gather(rows, axes, tiled=True))
+      return lax.psum(total, axes)
+
+    theta = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), theta)
+    return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(axes), P(axes), P(axes)),
+                         out_specs=P(), check_vma=False)(theta, rows, cols, extra)
+
+  return f
 
 
 def ring_loss(name: str, mesh, tile_size: int = 256, axes=BATCH_AXES,
