@@ -31,7 +31,7 @@ FIELDS = dict(
     fixed=Field(0.0, "a fixed lam for every mixed row instead of Beta draws; 0 = draw",
                 ge=0, le=1),
 )
-EXAMPLE = dict(prob=1.0)
+EXAMPLE = dict(prob=1.0, fixed=0.3)    # (Beta draws compile slowly; test_objective_mixup draws them)
 
 
 def check(opts, config, where):
