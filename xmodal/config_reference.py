@@ -71,7 +71,7 @@ registry, on 1, 2 and 8 devices, with group ids, K captions per image and queues
 | driver (`loss.impl`) | what one device holds | how |
 |---|---|---|
 | `dense` | everything | the reference, on one device |
-| `gathered` | its rows against all B columns ([b, B]) | all-gathers the columns inside `shard_map` |
+| `gathered` | the gathered [B, D] columns and one [b, tile] tile | all-gathers the columns inside `shard_map`, then scores its rows against them tile by tile with the ring's statistics and custom VJP |
 | `ring` | a few [b, D] blocks and one [b, tile] tile | columns travel round the devices (`ppermute`), tile by tile, with per-row running statistics and a recomputing custom VJP that pulls dL/dscores back through `jax.vjp` of the score |
 
 Softmax targets are a mixture of components, each a distribution given by weights or

@@ -233,8 +233,8 @@ SCHEMA = dict(
         impl=Field("gathered", "'gathered' (sharded, all devices' negatives), 'dense' or "
                    "'ring' (blocks passed around the devices, tiled)",
                    choices=("dense", "gathered", "ring")),
-        tile_size=Field(256, "ring: columns scored per tile (need not divide the per-device "
-                        "batch); memory ~ b x tile_size", gt=0),
+        tile_size=Field(256, "ring and gathered: columns scored per tile (need not divide "
+                        "the per-device batch); memory ~ b x tile_size", gt=0),
         pairs=Field((), "('a:b', ...) tower pairs the loss sums over; empty = every pair"),
         positives=Field("auto", "which rows are positives: 'pair' (own pair only), 'group' "
                         "(rows with equal batch['group']: the examples one record yields with "

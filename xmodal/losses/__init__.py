@@ -24,6 +24,7 @@ two-tower entry points (name, x, y, scale, bias, ids) working on the engine.
 """
 
 import dataclasses
+import math
 import zlib
 from typing import Callable
 
@@ -69,9 +70,10 @@ def driver(impl: str, contrast: engine.Contrast, mesh, tile_size: int = 256) -> 
 
 
 def shards(mesh) -> int:
+  """Devices of the batch axes (1 without a mesh)."""
   if mesh is None:
     return 1
-  return int(jnp.prod(jnp.array([mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names])))
+  return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names)
 
 
 class Objective:

@@ -16,7 +16,8 @@ An objective module exports (softmax.py is the shortest example):
 and optionally
   needs(opts, a, b)        -> {"towers": (...), "batch": (...), "ema": (...)}: embeddings of
                            frozen towers (teachers, references), batch keys and EMA copies of
-                           towers the step must provide
+                           towers the step must provide (an objective with EMA copies has a
+                           `momentum` option: their decay)
   check(opts, config, where)   cross-field rules; raise fields.ConfigError naming `where`+field
   enqueue(opts, cols)      -> what a feature queue keeps of this step's columns (default: the
                            columns, without gradient)
