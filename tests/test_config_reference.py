@@ -18,3 +18,19 @@ def test_every_field_is_documented():
     for key, field in default_config.tower_fields(kind).items():
       assert f"`towers.NAME.{key}`" in text
       assert field.doc, f"towers kind {kind}: field {key} has no doc"
+
+
+def test_every_loss_term_field_is_documented():
+  from xmodal.losses import objectives, terms
+  text = config_reference.render()
+  for name in objectives.names():
+    for key, field in terms.term_fields(name).items():
+      assert f"`loss.terms.NAME.{key}`" in text
+      assert field.doc, f"objective {name}: field {key} has no doc"
+
+
+def test_committed_objectives_page_is_current():
+  with open(config_reference.OBJECTIVES_PATH, encoding="utf-8") as f:
+    committed = f.read()
+  assert committed == config_reference.render_objectives(), (
+      "docs/objectives.md is stale: run `python -m xmodal.config_reference`")

@@ -210,3 +210,25 @@ def test_oversized_images_are_skipped_with_the_reason_and_transparency_is_compos
   assert (evaluation["image"][:, 0, 0] == (0, 255, 0)).all()
   config.data.max_image_pixels = 0                        # no limit: the big one is read
   assert pipeline.eval_arrays(config)["skipped"] == 0
+
+
+def test_captions_k_gives_k_captions_per_image(tmp_path):
+  """captions="k": one example per record, its text [K, L]: K of its captions, distinct
+  while it has K, its few captions repeated when it has fewer; eval keeps one caption."""
+  recs = [pipeline.sources.encode_record(r["image"], [f"r{i} c{j}" for j in range(1 + i % 3)],
+                                         label=i)
+          for i, r in enumerate(pipeline.sources.decode_record(x) for x in records(0, 12))]
+  write_arrayrecord(str(tmp_path / "m.arrayrecord"), recs)
+  config = data_config(source="arrayrecord", train_files=str(tmp_path / "m.arrayrecord"),
+                       eval_files=str(tmp_path / "m.arrayrecord"), captions="k",
+                       num_captions=2)
+  tok = tokenizer.get_tokenizer(config)
+  batch = next(iter(pipeline.train_dataset(config)))
+  assert batch["text"].shape == (8, 2, config.data.context_length)
+  assert batch["image"].shape[0] == 8
+  for row in batch["text"]:
+    texts = [tok.decode(t) for t in row]
+    record = int(texts[0].split()[0][1:])
+    assert {t.split()[0] for t in texts} == {f"r{record}"}        # the record's own captions
+    assert len(set(texts)) == min(2, 1 + record % 3)            # distinct while it has 2
+  assert pipeline.eval_arrays(config)["text"].ndim == 2

@@ -153,3 +153,16 @@ def test_scale_is_clamped_after_the_step_and_logged_as_the_loss_used_it():
   frozen.train.frozen = ("logit_scale",)
   history, _ = run(frozen, params)
   assert history == [float(np.float32(np.log(150.0)))] * 2
+
+
+def test_a_terms_own_scale_is_clamped_like_the_shared_one():
+  """optim.clamp_scale bounds every loss scale: the shared logit_scale and each term's own
+  logit_scale_<term> (losses/terms.py, scale="own"); other params pass through."""
+  bound = float(np.float32(np.log(100.0)))
+  params = {"logit_scale": jnp.float32(np.log(150.0)), "logit_scale_cw": jnp.float32(6.0),
+            "logit_bias_cw": jnp.float32(9.0), "w": jnp.ones(2)}
+  updates = {k: jnp.zeros_like(v) for k, v in params.items()}
+  out, _ = optim.clamp_scale(100.0).update(updates, optax.EmptyState(), params)
+  new = optax.apply_updates(params, out)
+  assert float(new["logit_scale"]) == bound and float(new["logit_scale_cw"]) == bound
+  assert float(new["logit_bias_cw"]) == 9.0 and np.all(np.asarray(new["w"]) == 1.0)

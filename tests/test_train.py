@@ -539,3 +539,112 @@ def test_captions_all_run_trains_with_group_positives(tmp_path, capsys):
   assert len(losses) == 12 and all(np.isfinite(losses))
   assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.2, losses
   assert final["retrieval/examples"] == 30
+
+
+_TERMS_CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+import ml_collections
+import loss_cases
+from tiny import make_tiny_config
+from xmodal.losses import terms
+
+
+def get_config(arg=None):
+  c = make_tiny_config(**{{"data.source": "synthetic", "model.embed_dim": 16,
+                          "train.total_steps": {steps}, "train.checkpoint_every": 4,
+                          "train.log_every": 1, "optim.warmup_steps": 1,
+                          "optim.end_lr_fraction": 1.0,      # the same lr whatever total_steps
+                          "data.synthetic_eval_size": 64}})
+  c.towers = loss_cases.vector_towers(x=dict(features=8, width=16),
+                                      y=dict(features=8, width=16),
+                                      tx=dict(features=8, width=16, input="x"))
+  c.train.frozen = ("tx/.*",)
+  c.loss.terms = ml_collections.ConfigDict({{
+      "clip": terms.section("softmax", pairs=("x:y",)),
+      "mod": terms.section("momentum", momentum=0.9, queue=64, pairs=("x:y",),
+                           weight={weight}),
+      "cw": terms.section("cwcl", reference="tx", soft="a", scale="own", pairs=("x:y",))}})
+  return c
+"""
+
+
+@pytest.mark.slow
+def test_loss_terms_train_from_the_cli_and_resume_exactly(tmp_path):
+  """Three terms (CLIP, momentum distillation with a queue, CWCL with a frozen reference
+  tower reading x's inputs, on its own scale) through `xmodal train`, a term's weight set
+  on the command line; a run stopped at step 4 and resumed to step 8 ends with the same
+  params, EMA copies and queue, bit for bit, and the same per-term losses as one
+  uninterrupted run."""
+  import importlib.util
+  import jax
+  import orbax.checkpoint as ocp
+  from xmodal import checkpoint
+
+  def config_file(steps, weight):
+    path = tmp_path / f"exp{steps}_{weight}.py"
+    path.write_text(_TERMS_CONFIG.format(tests=TESTS_DIR, steps=steps, weight=weight))
+    return str(path)
+
+  def load(path):
+    spec = importlib.util.spec_from_file_location("exp", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+  once, twice = str(tmp_path / "once"), str(tmp_path / "twice")
+  subprocess.run([sys.executable, "-m", "xmodal.cli", "train", f"--config={config_file(8, 1.0)}",
+                  f"--workdir={once}", "--config.loss.terms.mod.weight=0.5"], check=True,
+                 stdout=subprocess.DEVNULL)
+  train.train(load(config_file(4, 0.5)), twice)
+  train.train(load(config_file(8, 0.5)), twice)
+  rows = {w: {r["step"]: r for r in metrics_lib.read_jsonl(w) if "loss" in r}
+          for w in (once, twice)}
+  assert sorted(rows[twice]) == list(range(1, 9))
+  for s in range(1, 9):
+    for key in ("loss", "loss/clip", "loss/mod", "loss/cw", "scale/cw"):
+      assert rows[twice][s][key] == rows[once][s][key], (s, key)
+  first, last = rows[once][1], rows[once][8]
+  np.testing.assert_allclose(last["loss"], last["loss/clip"] + 0.5 * last["loss/mod"]
+                             + last["loss/cw"], rtol=1e-5)
+  assert last["loss"] < first["loss"]
+  states = []
+  for w in (once, twice):
+    ckpt = checkpoint.Checkpointer(w)
+    states.append(ckpt.manager.restore(8, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore())).state)
+    ckpt.close()
+  leaves = [jax.tree_util.tree_leaves_with_path(s) for s in states]
+  assert len(leaves[0]) == len(leaves[1])
+  assert any("queue" in jax.tree_util.keystr(p) for p, _ in leaves[0])
+  assert any("ema" in jax.tree_util.keystr(p) for p, _ in leaves[0])
+  for (p, a), (_, b) in zip(*leaves):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(p))
+  m = xmodal.load(once)                                # the term's own scale is a param too
+  assert "logit_scale_cw" in m.params
+  z = m.encode(x=np.ones((3, 8), np.float32), y=np.ones((3, 8), np.float32), tx=np.ones((3, 8), np.float32))
+  assert z["x"].shape == (3, 16) and z["tx"].shape == (3, 16)
+
+
+def test_captions_k_run_scores_each_image_against_its_k_captions(tmp_path):
+  """data.captions="k" (1-to-K): the text tower embeds [B, 2] captions per image, the image
+  once; every caption is a positive of its image; the loss falls."""
+  from PIL import Image
+  colours = list(shapes.COLOURS)
+  rows = []
+  for i in range(30):
+    shape, colour = shapes.SHAPES[i % 5], colours[i % 6]
+    Image.fromarray(shapes.render(shape, colour, "large", 1, 1, 16,
+                                  np.random.default_rng(i))).save(tmp_path / f"{i}.png")
+    rows.append({"image": f"{i}.png", "caption": [f"a {colour} {shape}", f"{shape}, {colour}",
+                                                  f"the {colour} one"][:1 + i % 3]})
+  (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+  config = make_tiny_config(**{"data.source": "manifest", "data.captions": "k",
+                               "data.num_captions": 2, "train.total_steps": 12,
+                               "optim.lr": 3e-3, "data.train_files": str(tmp_path / "data.jsonl"),
+                               "data.eval_files": str(tmp_path / "data.jsonl")})
+  final = train.train(config, str(tmp_path / "run"))
+  losses = [r["loss"] for r in metrics_lib.read_jsonl(str(tmp_path / "run")) if "loss" in r]
+  assert len(losses) == 12 and all(np.isfinite(losses))
+  assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.2, losses
+  assert final["retrieval/examples"] == 30

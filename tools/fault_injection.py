@@ -80,15 +80,15 @@ def child(argv) -> int:
 
     atomicity.AtomicRenameTemporaryPath.finalize = finalize
   elif args.pause == "eval":
-    from xmodal import evaluate
-    run = evaluate.run
+    from xmodal.evaluate import harness
+    run = harness.Evaluation.run
 
     def paused(*a, **k):
       arrive()
       time.sleep(3600)
       return run(*a, **k)
 
-    evaluate.run = paused
+    harness.Evaluation.run = paused
   from xmodal import cli
   return cli.main(["xmodal"] + rest)
 

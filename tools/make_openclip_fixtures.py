@@ -1,5 +1,6 @@
-"""Writes tests/fixtures/openclip_losses.npz: inputs, loss values and gradients of open_clip's
-`ClipLoss` and `SigLipLoss`, for `tests/test_openclip_parity.py` (which needs no torch).
+"""Writes tests/fixtures/openclip_losses.npz (inputs, loss values and gradients of open_clip's
+`ClipLoss` and `SigLipLoss`) and tests/fixtures/openclip_distill.npz (`DistillClipLoss`),
+for `tests/test_openclip_parity.py` (which needs no torch).
 
 Dev-only dependencies (never runtime ones; see the `fixtures` extra in pyproject.toml):
 
@@ -61,10 +62,45 @@ CASES = [
 ]
 
 
+# DistillClipLoss: (batch, dim, scale, teacher dim, teacher scale).
+DISTILL_CASES = [
+    (16, 8, 1 / 0.07, 12, 100.0),
+    (24, 12, 30.0, 8, 50.0),
+]
+
+
+def distill_fixtures(loss_module, rng, versions) -> dict:
+  """DistillClipLoss cases: inputs, (contrastive, distill) and the gradients of their sum
+  and of the distillation term alone w.r.t. the student's features and scale."""
+  arrays = dict(versions)
+  for i, (batch, dim, scale, tdim, tscale) in enumerate(DISTILL_CASES):
+    x, y = unit(rng, (batch, dim)), unit(rng, (batch, dim))
+    tx, ty = unit(rng, (batch, tdim)), unit(rng, (batch, tdim))
+    prefix = f"case{i}_"
+    arrays.update({prefix + "x": x, prefix + "y": y, prefix + "tx": tx, prefix + "ty": ty,
+                   prefix + "scale": np.array(scale), prefix + "teacher_scale": np.array(tscale)})
+    for part in ("total", "distill"):
+      tensors = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, y)]
+      ts = torch.tensor(scale, dtype=torch.float64, requires_grad=True)
+      contrastive, distill = loss_module.DistillClipLoss()(
+          tensors[0], tensors[1], ts, torch.tensor(tx), torch.tensor(ty),
+          torch.tensor(tscale, dtype=torch.float64))
+      (contrastive + distill if part == "total" else distill).backward()
+      arrays.update({prefix + "contrastive": np.array(contrastive.item()),
+                     prefix + "distill": np.array(distill.item()),
+                     prefix + f"{part}_grad_x": tensors[0].grad.numpy(),
+                     prefix + f"{part}_grad_y": tensors[1].grad.numpy(),
+                     prefix + f"{part}_grad_scale": np.array(ts.grad.item())})
+  arrays["num_cases"] = np.array(len(DISTILL_CASES))
+  return arrays
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests",
                                                     "fixtures", "openclip_losses.npz"))
+  parser.add_argument("--distill-out", default=os.path.join(
+      os.path.dirname(__file__), "..", "tests", "fixtures", "openclip_distill.npz"))
   args = parser.parse_args()
   loss_module = load_openclip_loss()
   rng = np.random.default_rng(0)
@@ -100,6 +136,10 @@ def main():
   np.savez(args.out, **arrays)
   print(f"wrote {len(CASES)} cases to {os.path.abspath(args.out)} "
         f"(open_clip {arrays['openclip_version']}, torch {arrays['torch_version']})")
+  versions = {k: arrays[k] for k in ("openclip_version", "torch_version")}
+  distill = distill_fixtures(loss_module, np.random.default_rng(1), versions)
+  np.savez(args.distill_out, **distill)
+  print(f"wrote {len(DISTILL_CASES)} DistillClipLoss cases to {os.path.abspath(args.distill_out)}")
 
 
 if __name__ == "__main__":

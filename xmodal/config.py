@@ -154,6 +154,7 @@ def validate(config, num_devices: int) -> None:
   fields.check(config, default_config.SCHEMA, skip=("towers",))
   for modality, tower in towers.items():
     _check_tower(config, modality, tower)
+  _check_inputs(towers)
   _check_record_towers(config)
 
   if config.loss.positives == "group" and not _records_unroll(config):
@@ -168,6 +169,8 @@ def validate(config, num_devices: int) -> None:
           f"config.loss.pairs: {pair!r} must be 'a:b' with two different tower names from "
           f"{sorted(towers.keys())}")
   text_fits_towers(config)
+  from xmodal.losses import terms   # noqa: PLC0415 (the objectives import jax)
+  terms.check(config)
   if config.optim.warmup_steps >= config.train.total_steps:
     raise ConfigError(
         f"config.optim.warmup_steps: {config.optim.warmup_steps} must be below "
@@ -230,17 +233,22 @@ def _check_record_towers(config) -> None:
   """Sources of records (everything but synthetic / features) feed each tower through its
   kind's preparer; captions="all" unrolls the captions of one text tower."""
   if config.data.source in _ready_sources():
+    if config.data.captions == "k":
+      raise ConfigError(f"config.data.captions: 'k' needs a source of records with captions, "
+                        f"got data.source={config.data.source!r}")
     return
   for name, tower in config.towers.items():
+    if tower.get("input"):          # a teacher or reference tower: reads another's input
+      continue
     if not hasattr(towers_lib.get(tower.kind), "preparer"):
       raise ConfigError(
           f"config.towers.{name}.kind: {tower.kind!r} has no preparer (it reads tower-ready "
           f"arrays only), so data.source={config.data.source!r} cannot feed it; use "
           f"data.source='synthetic' or 'features'")
-  text = [n for n, t in config.towers.items() if t.kind == "text"]
-  if config.data.captions == "all" and len(text) != 1:
-    raise ConfigError(f"config.data.captions: 'all' unrolls the captions of one text tower, "
-                      f"but there are {len(text)} ({text})")
+  text = [n for n, t in config.towers.items() if t.kind == "text" and not t.get("input")]
+  if config.data.captions in ("all", "k") and len(text) != 1:
+    raise ConfigError(f"config.data.captions: {config.data.captions!r} reads the captions of "
+                      f"one text tower, but there are {len(text)} ({text})")
 
 
 def _validate_eval_split(config):
@@ -356,6 +364,31 @@ def text_fits_towers(config) -> None:
           f"data.context_length <= {table}")
 
 
+def _check_inputs(towers) -> None:
+  """towers.<name>.input names another tower of the same kind that reads its own input."""
+  for name, tower in towers.items():
+    source = tower.get("input")
+    if not source:
+      continue
+    if source not in towers or towers[source].get("input") or source == name:
+      raise ConfigError(
+          f"config.towers.{name}.input: {source!r} must name another tower that reads its "
+          f"own input, one of {sorted(n for n, t in towers.items() if not t.get('input'))}")
+    if towers[source].kind != tower.kind:
+      raise ConfigError(f"config.towers.{name}.input: tower {source!r} is a {towers[source].kind!r}"
+                        f" tower, {name!r} a {tower.kind!r} one; they must be of one kind")
+
+
+def input_key(config, tower: str) -> str:
+  """The batch key tower `tower` reads: its own name or its `input`."""
+  return config.towers[tower].get("input") or tower
+
+
+def batch_towers(config) -> list[str]:
+  """Towers whose inputs are batch keys (every tower that reads its own input)."""
+  return [n for n, t in config.towers.items() if not t.get("input")]
+
+
 def _records_unroll(config) -> bool:
   """True when one record yields several examples: data.captions="all" on an image/caption
   source (tower-ready sources have no captions to unroll)."""
@@ -377,10 +410,22 @@ def group_positives(config) -> bool:
   return positives == "group" or (positives == "auto" and _records_unroll(config))
 
 
-def loss_pairs(config) -> list[tuple[str, str]]:
-  """The (a, b) modality pairs the objective sums over; default: every pair of towers, in
-  sorted name order (ConfigDict keys are sorted)."""
+def default_pairs(config) -> list[tuple[str, str]]:
+  """`loss.pairs`, or every pair of towers that read their own inputs, in sorted name
+  order (ConfigDict keys are sorted)."""
   if config.loss.pairs:
     return [tuple(p.split(":")) for p in config.loss.pairs]
-  names = list(config.towers.keys())
+  names = batch_towers(config)
   return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+
+
+def loss_pairs(config) -> list[tuple[str, str]]:
+  """The (a, b) modality pairs the loss spans (every term's, in order of first use);
+  evaluation retrieves along each."""
+  if not config.loss.get("terms"):
+    return default_pairs(config)
+  from xmodal.losses import terms   # noqa: PLC0415
+  out = []
+  for term in terms.resolve(config):
+    out += [p for p in term.pairs if p not in out]
+  return out

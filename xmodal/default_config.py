@@ -26,6 +26,11 @@ from xmodal.fields import Field, Named
 
 ConfigDict = ml_collections.ConfigDict
 
+def _objectives() -> tuple:
+  from xmodal.losses import objectives   # noqa: PLC0415 (the registry imports jax)
+  return objectives.names()
+
+
 # ----------------------------------------------------------------------------- towers
 # Each tower kind declares its own fields in its module (xmodal/towers/<kind>.py, or any
 # module named by its path); these functions look them up.
@@ -93,13 +98,18 @@ SCHEMA = dict(
                             choices=("float32", "bfloat16")),
     ),
     loss=dict(
-        name=Field("softmax", "'softmax' (CLIP / InfoNCE) or 'sigmoid' (SigLIP)",
-                   choices=("softmax", "sigmoid")),
+        name=Field("softmax", "the objective when loss.terms is empty: one of "
+                   "xmodal/losses/objectives (docs/objectives.md), with its defaults",
+                   choices=_objectives),
+        # Weighted terms keyed by name, each {objective, weight, pairs, scale, queue, and the
+        # objective's options}: xmodal/losses/terms.py, docs/objectives.md.
+        terms=Field({}, "weighted objective terms keyed by name; empty = the one term "
+                    "loss.name over loss.pairs (docs/objectives.md)"),
         impl=Field("gathered", "'gathered' (sharded, all devices' negatives), 'dense' or "
                    "'ring' (blocks passed around the devices, tiled)",
                    choices=("dense", "gathered", "ring")),
-        tile_size=Field(256, "ring: columns scored per tile (need not divide the per-device "
-                        "batch); memory ~ b x tile_size", gt=0),
+        tile_size=Field(256, "ring and gathered: columns scored per tile (need not divide "
+                        "the per-device batch); memory ~ b x tile_size", gt=0),
         pairs=Field((), "('a:b', ...) tower pairs the loss sums over; empty = every pair"),
         positives=Field("auto", "which rows are positives: 'pair' (own pair only), 'group' "
                         "(rows with equal batch['group']: the examples one record yields with "
@@ -141,8 +151,12 @@ SCHEMA = dict(
         image_key=Field("image", "manifest column holding the image path or bytes"),
         caption_key=Field("caption", "manifest column / webdataset json field: caption(s)"),
         label_key=Field("label", "manifest column / webdataset json field: class index"),
-        captions=Field("sample", "several captions: 'sample' one per use, 'first', or 'all' "
-                       "(one training example per caption)", choices=("sample", "first", "all")),
+        captions=Field("sample", "several captions: 'sample' one per use, 'first', 'all' "
+                       "(one training example per caption) or 'k' (data.num_captions per "
+                       "image, the image once: 1-to-K)",
+                       choices=("sample", "first", "all", "k")),
+        num_captions=Field(2, "captions='k': captions per image (sampled without repeats "
+                           "while the record has enough)", gt=0),
         image_size=Field(32, "image side in pixels after cropping", gt=0),
         # PNG/WebP decode whole: one 10k x 16k PNG costs seconds and gigabytes.
         max_image_pixels=Field(64_000_000, "encoded images whose header holds more pixels are "

@@ -56,7 +56,13 @@ class Field:
     return ""
 
   def check(self, name: str, value) -> None:
-    """Raises ConfigError naming `name` if `value` has the wrong type, choice or range."""
+    """Raises ConfigError naming `name` if `value` has the wrong type, choice or range.
+    A field whose default is a dict is a section keyed by the user's names (e.g. loss
+    terms): only its being a section is checked here, its entries by their own rules."""
+    if isinstance(self.default, dict):
+      if not isinstance(value, (dict, ml_collections.ConfigDict)):
+        raise ConfigError(f"config.{name}: expected a section keyed by name, got {value!r}")
+      return
     check_type(name, value, self.default)
     items = value if isinstance(value, (tuple, list)) else (value,)
     allowed = self.allowed()

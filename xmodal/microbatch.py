@@ -45,28 +45,40 @@ def merge(tree):
   return jax.tree.map(one, tree)
 
 
+def embed(model, params, inputs, microbatches: int = 1):
+  """The towers' embeddings of `inputs` {modality: [B, ...]} in eval mode, without
+  gradient, one micro-batch's activations at a time: {modality: [B, ...]} (frozen
+  teachers, EMA copies)."""
+  params = lax.stop_gradient(params)
+  if microbatches == 1:
+    return model.apply({"params": params}, inputs)
+  chunks = split(inputs, microbatches)
+  return merge(lax.map(lambda c: model.apply({"params": params}, c), chunks))
+
+
 def value_and_grad(model, objective: Callable, microbatches: int) -> Callable:
-  """Returns f(params, batch, rng=None, ids=None) -> ((loss, aux), grads), like
-  `jax.value_and_grad(lambda p: objective(p, model.apply({"params": p}, batch), ids),
+  """Returns f(params, batch, rng=None, extras=None) -> ((loss, aux), grads), like
+  `jax.value_and_grad(lambda p: objective(p, model.apply({"params": p}, batch), extras),
   has_aux=True)`, but holding one micro-batch's activations at a time. With `rng`, the
   towers run in train mode and micro-batch k draws its randomness (patch dropout) from
-  split(rng)[k], the same key in its forward and in its recomputation. `ids` (group ids
-  [B], optional) go to the objective with the assembled full-batch embeddings, which are
-  in the batch's row order, so they need no splitting."""
+  split(rng)[k], the same key in its forward and in its recomputation. `extras` (group
+  ids [B], teachers' embeddings, ...: whatever the objective takes) go to the objective
+  with the assembled full-batch embeddings, which are in the batch's row order, so they
+  need no splitting."""
 
   def embed(params, inputs, rng):
     if rng is None:
       return model.apply({"params": params}, inputs)
     return model.apply({"params": params}, inputs, train=True, rngs={"dropout": rng})
 
-  def f(params, batch, rng=None, ids=None):
+  def f(params, batch, rng=None, extras=None):
     chunks = split(batch, microbatches)
     keys = None if rng is None else jax.random.split(rng, microbatches)
     # 1. Forward only: nothing is differentiated here, so no activations are saved.
     embeddings = merge(lax.map(lambda c: embed(params, c[0], c[1]), (chunks, keys)))
     # 2. The loss over the full global batch, and its gradient w.r.t. every embedding.
     (loss, aux), (loss_param_grads, emb_grads) = jax.value_and_grad(
-        objective, argnums=(0, 1), has_aux=True)(params, embeddings, ids)
+        objective, argnums=(0, 1), has_aux=True)(params, embeddings, extras)
     emb_grads = split(emb_grads, microbatches)
 
     # 3. Recompute each micro-batch's forward and pull its embedding gradient back.

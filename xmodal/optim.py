@@ -68,8 +68,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def clamp_scale(max_scale: float) -> optax.GradientTransformation:
-  """The last link of the chain: an update that would take the top-level `logit_scale`
-  above log(max_scale) stops it there, so the parameter after the step is clamped, as
+  """The last link of the chain: an update that would take a top-level `logit_scale` (or a
+  loss term's own `logit_scale_<term>`) above log(max_scale) stops it there, so the parameter after the step is clamped, as
   open_clip clamps it after each optimizer step. The loss uses the parameter as it is (no
   clip in the forward pass: the logged scale is the loss's, and the gradient at the bound is
   whole). A frozen scale is masked out of the chain and never touched.
@@ -79,13 +79,16 @@ def clamp_scale(max_scale: float) -> optax.GradientTransformation:
   bound = np.float32(np.log(np.float64(max_scale)))   # the same float32 as the parameter
 
   def update(updates, state, params=None):
-    u = updates.get("logit_scale") if isinstance(updates, dict) else None
-    if u is None or isinstance(u, optax.MaskedNode):
+    if not isinstance(updates, dict):
+      return updates, state
+    names = [k for k, u in updates.items() if (k == "logit_scale" or k.startswith(
+        "logit_scale_")) and not isinstance(u, optax.MaskedNode)]
+    if not names:
       return updates, state
     if params is None:
       raise ValueError("clamp_scale needs the params in tx.update(grads, state, params)")
-    p = params["logit_scale"]
-    return {**updates, "logit_scale": jnp.minimum(p + u, bound) - p}, state
+    clamped = {k: jnp.minimum(params[k] + updates[k], bound) - params[k] for k in names}
+    return {**updates, **clamped}, state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 

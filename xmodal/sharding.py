@@ -43,8 +43,9 @@ def param_shardings(model, config, mesh):
 
 
 def state_shardings(model, tx, config, mesh):
-  """Shardings of the train state {params, opt_state, step}: optimizer moments follow
-  their parameter; counters and other scalars are replicated."""
+  """Shardings of the train state {params, opt_state, step, [loss]}: optimizer moments
+  and EMA copies follow their parameter; feature queues are split like a batch; counters
+  and other scalars are replicated."""
   params = param_shardings(model, config, mesh)
   abstract_params = model_lib.unbox(model_lib.abstract_params(model, config))
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
@@ -57,7 +58,9 @@ def state_shardings(model, tx, config, mesh):
     opt = optax.tree_utils.tree_map_params(
         tx, lambda _, sharding: sharding, abstract_opt, params,
         transform_non_params=lambda _: replicated)
-  return {"params": params, "opt_state": opt, "step": replicated}
+  from xmodal.losses import state as loss_state   # noqa: PLC0415 (keeps this import light)
+  return {"params": params, "opt_state": opt, "step": replicated,
+          **loss_state.LossState.from_config(config).shardings(params, mesh)}
 
 
 def _shardings_by_path(abstract_opt, param_shardings, replicated):

@@ -21,38 +21,40 @@ from xmodal.models import model as model_lib
 
 
 def make_train_step(model, tx, objective, schedule, microbatches: int = 1, seed: int = 0):
-  """state {params, opt_state, step}, batch {modality: [B, ...], optionally "group": int32
-  [B]} -> (new state, metrics).
+  """state {params, opt_state, step, [loss]}, batch {modality: [B, ...], and the keys
+  `objective.batch_keys()` names, e.g. "group": int32 [B]} -> (new state, metrics).
 
-  With "group" in the batch, rows with equal group ids are positives of each other in the
-  objective (multi-positive; the train loop feeds it when `config_lib.group_positives`).
-  The towers run in train mode; their randomness (patch dropout) draws from the "dropout"
-  rng, the run's seed folded with the step (so a resumed run draws the same masks).
-  microbatches > 1: the same gradient, one micro-batch's activations at a time
+  The objective (losses.Objective) first does its work without gradient (group ids,
+  frozen teachers' and EMA copies' embeddings, queues: `objective.prepare`), then its
+  loss is differentiated; its state (state["loss"]: EMA copies, queues) moves on with
+  the step. The towers run in train mode; their randomness (patch dropout) draws from the
+  "dropout" rng, the run's seed folded with the step (so a resumed run draws the same
+  masks). microbatches > 1: the same gradient, one micro-batch's activations at a time
   (`config.train.microbatches`, see microbatch.py)."""
 
   def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.key(seed), state["step"])
-    ids = batch.get(pipeline.GROUP_KEY)
-    inputs = {k: v for k, v in batch.items() if k != pipeline.GROUP_KEY}
+    extras, loss_state = objective.prepare(model, state, batch, rng, microbatches)
+    inputs = objective.inputs(batch)
 
     def loss_fn(params):
       embeddings = model.apply({"params": params}, inputs, train=True, rngs={"dropout": rng})
-      return objective(params, embeddings, ids)
+      return objective.loss(params, embeddings, extras)
 
     if microbatches > 1:
-      grad_fn = microbatch.value_and_grad(model, objective, microbatches)
-      (loss, per_pair), grads = grad_fn(state["params"], inputs, rng, ids)
+      grad_fn = microbatch.value_and_grad(model, objective.loss, microbatches)
+      (loss, (per_pair, queued)), grads = grad_fn(state["params"], inputs, rng, extras)
     else:
-      (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+      (loss, (per_pair, queued)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state["params"])
     grad_norm = optax.tree.norm(grads)
 
     def update(state):
       updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
       return {**state, "params": optax.apply_updates(state["params"], updates),
-              "opt_state": opt_state}
+              "opt_state": opt_state, **objective.new_state(loss_state, queued)}
 
-    # The whole state transition (an EMA or teacher update added later belongs in here too)
+    # The whole state transition (parameters, optimizer, the loss's EMA copies and queues)
     # is skipped, every leaf kept, when the loss or the gradient is not finite (guard.py).
     # The step counter advances either way, with the data.
     ok = guard.is_finite(loss, grad_norm)
@@ -71,9 +73,12 @@ def make_train_step(model, tx, objective, schedule, microbatches: int = 1, seed:
 
 
 def init_state_fn(model, tx, config):
+  loss_state = losses.state.LossState.from_config(config)
+
   def init_state(rng):
     params = model_lib.unbox(model.init(rng, model_lib.dummy_inputs(config))["params"])
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+            **loss_state.init(params)}
   return init_state
 
 
@@ -155,9 +160,9 @@ def _train(config, workdir: str, mesh, signals) -> dict:
   # it, the writer and checkpointer on first use): a start that fails leaves it as it was.
   check_config(config, workdir)
   writer = metrics_lib.MetricWriter(workdir)
-  modalities = list(config.towers)           # batch keys: one per tower
-  # ... and the group ids when rows of one record are each other's positives.
-  batch_keys = modalities + ([pipeline.GROUP_KEY] if config_lib.group_positives(config) else [])
+  # Batch keys: one per tower that reads its own input, and what the loss reads (the
+  # group ids when rows of one record are each other's positives, stored teachers).
+  batch_keys = config_lib.batch_towers(config) + list(objective.batch_keys())
   logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
                jax.process_count())
 
@@ -212,7 +217,8 @@ def _train(config, workdir: str, mesh, signals) -> dict:
       bad_lib.REASONS)), np.int64)
   evaluation = evaluate.Evaluation(config, model, mesh)     # the tasks of config.eval.tasks
   print(f"model: {num_params / 1e6:.2f}M params; towers {list(config.towers)}; "
-        f"loss {config.loss.name}/{config.loss.impl}"
+        f"loss {' + '.join(f'{t.weight:g}*{t.objective}' for t in objective.terms)}/"
+        f"{config.loss.impl}"
         f"{' (group positives)' if pipeline.GROUP_KEY in batch_keys else ''}; "
         f"global batch {config.batch_size}", flush=True)
 

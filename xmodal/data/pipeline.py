@@ -61,7 +61,7 @@ MAX_CONSECUTIVE_BAD = 10_000
 
 def modality_names(config) -> tuple[str, str]:
   """(image modality, text modality): the names of the 'vit' and 'text' towers."""
-  by_kind = {cfg.kind: name for name, cfg in config.towers.items()}
+  by_kind = {cfg.kind: name for name, cfg in config.towers.items() if not cfg.get("input")}
   if "vit" not in by_kind or "text" not in by_kind:
     raise ValueError(f"config.towers: image/caption data needs a 'vit' and a 'text' tower, "
                      f"got {sorted(by_kind)}")
@@ -141,6 +141,8 @@ def tower_inputs(config) -> tuple[TowerInput, ...]:
   element's rng after the image crop, so crops and captions are as they always were)."""
   out = []
   for name, cfg in config.towers.items():
+    if cfg.get("input"):            # a teacher or reference tower reads another's input
+      continue
     cfg = towers_lib.with_defaults(cfg)
     module = towers_lib.get(cfg.kind)
     field = towers_lib.default_field(name, cfg)
@@ -157,6 +159,8 @@ def required_fields(config) -> tuple[str, ...]:
   image/caption records provides; other defaults may be found by extension instead."""
   out = []
   for name, cfg in config.towers.items():
+    if cfg.get("input"):
+      continue
     if cfg.get("field") or hasattr(towers_lib.get(cfg.kind), "DEFAULT_FIELD"):
       out.append(towers_lib.default_field(name, cfg))
   return tuple(out)

@@ -22,10 +22,11 @@ def _render(cfg, config, labels, rng, num_classes):
 
 
 def paired_batch(config, n: int, rng: np.random.Generator, num_classes: int = 4):
-  """({modality: [n, ...]}, labels [n]) for every tower in config.towers."""
+  """({modality: [n, ...]}, labels [n]) for every tower in config.towers that reads its
+  own input (not the teachers that read another's: towers.<name>.input)."""
   labels = rng.integers(0, num_classes, n)
   return {m: _render(towers.with_defaults(t), config, labels, rng, num_classes)
-          for m, t in config.towers.items()}, labels
+          for m, t in config.towers.items() if not t.get("input")}, labels
 
 
 class SyntheticSource:

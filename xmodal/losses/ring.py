@@ -1,28 +1,36 @@
-"""Ring implementation of the contrastive losses: any global batch, flat memory per device.
+"""The ring driver: any objective (an `engine.Contrast`), any global batch, flat memory per
+device.
 
 Inside `shard_map` over the batch axes (data x fsdp, flattened into one ring of n devices),
-each device keeps its local x, y [b, D] and passes a block of y rows around the ring with
-`lax.ppermute`. Within a ring step it walks the travelling block in tiles of `tile_size`
-columns (the last tile is zero-padded and masked, so any tile size works), scoring its
-local x rows against one tile [b, tile] at a time:
+each device keeps its local rows and passes its block of columns (features and metadata:
+ids, reference or teacher embeddings, ...) around the ring with `lax.ppermute`. Within a
+ring step it walks the travelling block in tiles of `tile_size` columns (the last tile is
+zero-padded and masked, so any tile size works), computing one tile of scores [b, tile] at
+a time with the objective's score function and its targets with the target function:
 
-  softmax  per local x row: running max / sum-exp / positive sums (x->y);
-           per travelling y column: the same statistics over the x rows (y->x). They travel
-           with their y block and come home after n steps, so one matmul per tile serves
-           both directions and neither [b, B] matrix is ever materialised.
+  softmax  per local row: running max / normaliser of the scores and, per target
+           component, the running target mass and target-weighted score sum (log-weight
+           targets such as a teacher's logits also keep their running max), so a teacher
+           softmax streams in one pass with O(b) numbers; per travelling column the same
+           statistics over the rows (the column direction). They travel with their block
+           and come home after n steps, so one score tile serves both directions.
   sigmoid  a running sum of the pair terms.
 
-The backward pass (`jax.custom_vjp`) recomputes every tile from the saved per-row
-statistics (max, log-sum-exp below the max and positive weight sums, [b] each), adds the tile's gradient to
-the local dx, and accumulates the travelling block's dy, which travels with the block and
-comes home at the end. Per-device memory is the local embeddings, their gradients, the
-travelling block and one [b, tile] tile, whatever the global batch. `scale` and `bias`
-get exact gradients (psum'd over the ring).
+Extra columns (a feature queue, `extra`) are a second travelling block scored in the row
+direction only, without gradient.
 
-Positives are given by integer group ids (default: the global row index, i.e. the
-diagonal) and `weight_fn` (see losses/targets.py), evaluated tile by tile.
+The backward pass (`jax.custom_vjp`) recomputes every tile's scores under `jax.vjp` of the
+objective's score function, forms dL/dscores from the saved statistics (softmax(S) minus
+the target, or sigmoid(S) minus the labels) and pulls it back through the tile: the rows'
+gradient accumulates locally, the columns' gradient in a block that travels with the
+columns and comes home at the end, and theta's (scale, bias) is psum'd. So any
+differentiable score (a dot product, a token max-sim, a product of several modalities'
+rows) runs in the ring without a hand-written gradient. Per-device memory: the local
+blocks, their gradients, the travelling block and its gradient (each with ppermute's
+receive buffer), one tile and O(b) statistics, whatever the global batch.
 """
 
+import dataclasses
 import functools
 import math
 from typing import Callable
@@ -32,20 +40,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from xmodal.losses import targets
+from xmodal.losses import engine, families, objectives, targets
 
-BATCH_AXES = ("data", "fsdp")
-
-
-def _matmul_t(a, b):
-  """a [r, D] @ b[c, D].T with float32 accumulation -> [r, c] float32."""
-  return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def _matmul(a, b):
-  """a [r, c] @ b [c, D] with float32 accumulation."""
-  return lax.dot_general(a, b.astype(jnp.float32) if a.dtype != b.dtype else b,
-                         (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+BATCH_AXES = engine.BATCH_AXES
 
 
 def _pad_rows(a, rows, value=0):
@@ -55,12 +52,17 @@ def _pad_rows(a, rows, value=0):
   return jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1), constant_values=value)
 
 
-def _tile(a, k, tile):
-  return lax.dynamic_slice_in_dim(a, k * tile, tile, axis=0)
+def _tile(tree, k, tile):
+  return jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, k * tile, tile, axis=0), tree)
 
 
-def _put(a, k, tile, value):
-  return lax.dynamic_update_slice_in_dim(a, value, k * tile, axis=0)
+def _put(tree, k, tile, value):
+  return jax.tree.map(lambda a, v: lax.dynamic_update_slice_in_dim(a, v, k * tile, axis=0),
+                      tree, value)
+
+
+def _f32(tree):
+  return jax.tree.map(lambda a: a.astype(jnp.float32), tree)
 
 
 def _ring(n, axes, body, local, travelling, homeward=None):
@@ -68,9 +70,9 @@ def _ring(n, axes, body, local, travelling, homeward=None):
   shifting `travelling` one device along after each step, so every block ends up home.
   With `homeward` (indices into `travelling`), the last step is peeled off the loop and
   only those components (what was accumulated into the block) make the final hop; the
-  others (the embeddings themselves) are not sent again."""
+  others (the columns themselves) are not sent again."""
   perm = [(i, (i + 1) % n) for i in range(n)]
-  shift = lambda tree: jax.tree.map(lambda a: lax.ppermute(a, axes, perm), tree)
+  shift = lambda tree: jax.tree.map(lambda a: lax.ppermute(a, axes, perm), tree)  # noqa: E731
 
   def step(_, carry):
     local, travelling = body(*carry)
@@ -87,217 +89,343 @@ def _ring(n, axes, body, local, travelling, homeward=None):
 
 
 class _Geometry:
-  """Static sizes of one device's work: b local rows, tiles of `tile` columns."""
+  """Static sizes of one travelling block: c columns in tiles of `tile`."""
 
-  def __init__(self, b, tile_size):
-    self.b = b
-    self.tile = max(1, min(tile_size, b))
-    self.num_tiles = -(-b // self.tile)
+  def __init__(self, c, tile_size):
+    self.c = c
+    self.tile = max(1, min(tile_size, c))
+    self.num_tiles = -(-c // self.tile)
     self.padded = self.num_tiles * self.tile
 
-  def valid(self, k):
-    return (k * self.tile + jnp.arange(self.tile)) < self.b
+  def pad(self, block):
+    block = engine.with_valid(block)
+    return jax.tree.map(lambda a: _pad_rows(a, self.padded), block)   # valid pads False
 
 
-# ---------------------------------------------------------------------------- softmax
-
-def _softmax_fwd_device(x, y, ids, scale, bias, *, n, axes, geo, weight_fn, batch):
-  del bias
-  b, tile = geo.b, geo.tile
-  f32 = jnp.float32
-  neg_inf = jnp.full((b,), -jnp.inf, f32)
-  zeros = jnp.zeros((b,), f32)
-  rows = (neg_inf, zeros, zeros, zeros)      # running max, sum exp, sum w, sum w*s (x rows)
-  pneg = jnp.full((geo.padded,), -jnp.inf, f32)
-  pzero = jnp.zeros((geo.padded,), f32)
-  travelling = (_pad_rows(y, geo.padded), _pad_rows(ids, geo.padded), pneg, pzero, pzero, pzero)
-
-  def tile_step(k, carry):
-    (rm, rs, rw, rws), (yb, ib, cm, cs, cw, cws) = carry
-    valid = geo.valid(k)[None, :]
-    s = scale * _matmul_t(x, _tile(yb, k, tile))                    # [b, tile]
-    w = jnp.where(valid, weight_fn(ids, _tile(ib, k, tile)), 0.0)
-    # x -> y: this tile's columns extend each local row's log-sum-exp.
-    sm = jnp.where(valid, s, -jnp.inf)
-    new_m = jnp.maximum(rm, sm.max(axis=1))
-    rs = rs * jnp.exp(rm - new_m) + jnp.exp(sm - new_m[:, None]).sum(axis=1)
-    rw, rws = rw + w.sum(axis=1), rws + (w * s).sum(axis=1)
-    # y -> x: every local row extends the travelling columns' log-sum-exp.
-    tm = s.max(axis=0)
-    ts = jnp.exp(s - tm[None, :]).sum(axis=0)
-    om, os_ = _tile(cm, k, tile), _tile(cs, k, tile)
-    nm = jnp.maximum(om, tm)
-    ns = os_ * jnp.exp(om - nm) + ts * jnp.exp(tm - nm)
-    cm, cs = _put(cm, k, tile, nm), _put(cs, k, tile, ns)
-    cw = _put(cw, k, tile, _tile(cw, k, tile) + w.sum(axis=0))
-    cws = _put(cws, k, tile, _tile(cws, k, tile) + (w * s).sum(axis=0))
-    return (new_m, rs, rw, rws), (yb, ib, cm, cs, cw, cws)
-
-  def body(rows, travelling):
-    return lax.fori_loop(0, geo.num_tiles, tile_step, (rows, travelling))
-
-  (rm, rs, rw, rws), (_, _, cm, cs, cw, cws) = _ring(n, axes, body, rows, travelling,
-                                                       homeward=(2, 3, 4, 5))
-  # lse - positive as (max - positive) + log sum exp(s - max), and the max kept apart from
-  # the log-sum in the saved statistics: a confident row's positive is its max, so its term
-  # and its probability exp(s - max - log_sum) carry no rounding of a large lse.
-  row_ls = jnp.log(rs)
-  cm, col_ls, cw, cws = cm[:b], jnp.log(cs)[:b], cw[:b], cws[:b]
-  total = (jnp.sum(rm - rws / jnp.maximum(rw, 1e-30) + row_ls)
-           + jnp.sum(cm - cws / jnp.maximum(cw, 1e-30) + col_ls))
-  loss = lax.psum(0.5 * total, axes) / batch
-  return loss, (rm, row_ls, rw, cm, col_ls, cw)
+def _target_structure(contrast, theta, rows, cols_tile):
+  """The targets' pytree for one tile, abstractly: which components are linear weights and
+  which log-weights (their arrays are recomputed in every tile)."""
+  return jax.eval_shape(lambda: contrast.targets(theta, rows["meta"], cols_tile["meta"]))
 
 
-def _softmax_bwd_device(x, y, ids, scale, bias, stats, g, *, n, axes, geo, weight_fn, batch):
-  del bias
-  row_m, row_ls, row_w, col_m, col_ls, col_w = stats
-  tile = geo.tile
-  coef = g / (2 * batch)
-  row_w = jnp.maximum(row_w, 1e-30)
-  local = (jnp.zeros(x.shape, jnp.float32), jnp.zeros((), jnp.float32))   # dx, dscale
-  travelling = (_pad_rows(y, geo.padded), _pad_rows(ids, geo.padded),
-                _pad_rows(col_m, geo.padded), _pad_rows(col_ls, geo.padded),
-                _pad_rows(jnp.maximum(col_w, 1e-30), geo.padded, 1.0),
-                jnp.zeros((geo.padded, y.shape[1]), jnp.float32))          # ..., dy
-
-  def tile_step(k, carry):
-    (dx, dscale), (yb, ib, cm, cls, cw, dy) = carry
-    valid = geo.valid(k)[None, :]
-    yt = _tile(yb, k, tile)
-    dots = _matmul_t(x, yt)
-    s = scale * dots
-    w = weight_fn(ids, _tile(ib, k, tile))
-    p_row = jnp.exp((s - row_m[:, None]) - row_ls[:, None])
-    p_col = jnp.exp((s - _tile(cm, k, tile)[None, :]) - _tile(cls, k, tile)[None, :])
-    grad = p_row + p_col - w / row_w[:, None] - w / _tile(cw, k, tile)[None, :]
-    grad = jnp.where(valid, coef * grad, 0.0)                       # dL/ds  [b, tile]
-    dx = dx + scale * _matmul(grad, yt)
-    dy = _put(dy, k, tile, _tile(dy, k, tile) + scale * _matmul(grad.T, x))
-    dscale = dscale + jnp.sum(grad * dots)
-    return (dx, dscale), (yb, ib, cm, cls, cw, dy)
-
-  def body(local, travelling):
-    return lax.fori_loop(0, geo.num_tiles, tile_step, (local, travelling))
-
-  (dx, dscale), travelling = _ring(n, axes, body, local, travelling, homeward=(5,))
-  dy = travelling[-1][:geo.b]
-  return dx, dy, lax.psum(dscale, axes), jnp.zeros((), jnp.float32)
+def _init(n, shape):
+  stats = families.softmax_init(n, shape)
+  for c in stats["comps"]:
+    c["alpha"] = jnp.zeros((n,), jnp.float32)      # set by every tile (same values)
+  return stats
 
 
-# ---------------------------------------------------------------------------- sigmoid
-
-def _sigmoid_fwd_device(x, y, ids, scale, bias, *, n, axes, geo, weight_fn, batch):
-  tile = geo.tile
-  travelling = (_pad_rows(y, geo.padded), _pad_rows(ids, geo.padded))
-
-  def tile_step(k, carry):
-    total, (yb, ib) = carry
-    valid = geo.valid(k)[None, :]
-    logits = scale * _matmul_t(x, _tile(yb, k, tile)) + bias
-    w = weight_fn(ids, _tile(ib, k, tile))
-    terms = jax.nn.softplus(logits) - w * logits
-    return total + jnp.sum(jnp.where(valid, terms, 0.0)), (yb, ib)
-
-  def body(total, travelling):
-    return lax.fori_loop(0, geo.num_tiles, tile_step, (total, travelling))
-
-  # Not peeled: nothing comes home, but on XLA:CPU the peeled variant holds one more
-  # [b, D] block (measured), so the last, unneeded hop of y is the cheaper price.
-  total, _ = _ring(n, axes, body, jnp.zeros((), jnp.float32), travelling)
-  return lax.psum(total, axes) / batch, ()
+def _with_alpha(stats, targets, n):
+  for c, t in zip(stats["comps"], targets):
+    c["alpha"] = jnp.broadcast_to(jnp.asarray(t.alpha, jnp.float32), (n,))
+  return stats
 
 
-def _sigmoid_bwd_device(x, y, ids, scale, bias, stats, g, *, n, axes, geo, weight_fn, batch):
-  del stats
-  tile = geo.tile
-  coef = g / batch
-  local = (jnp.zeros(x.shape, jnp.float32), jnp.zeros((), jnp.float32),
-           jnp.zeros((), jnp.float32))                                     # dx, dscale, dbias
-  travelling = (_pad_rows(y, geo.padded), _pad_rows(ids, geo.padded),
-                jnp.zeros((geo.padded, y.shape[1]), jnp.float32))          # y, ids, dy
+# ----------------------------------------------------------------------------- forward
 
-  def tile_step(k, carry):
-    (dx, dscale, dbias), (yb, ib, dy) = carry
-    valid = geo.valid(k)[None, :]
-    yt = _tile(yb, k, tile)
-    dots = _matmul_t(x, yt)
-    logits = scale * dots + bias
-    w = weight_fn(ids, _tile(ib, k, tile))
-    grad = jnp.where(valid, coef * (jax.nn.sigmoid(logits) - w), 0.0)   # dL/dlogits
-    dx = dx + scale * _matmul(grad, yt)
-    dy = _put(dy, k, tile, _tile(dy, k, tile) + scale * _matmul(grad.T, x))
-    return (dx, dscale + jnp.sum(grad * dots), dbias + jnp.sum(grad)), (yb, ib, dy)
-
-  def body(local, travelling):
-    return lax.fori_loop(0, geo.num_tiles, tile_step, (local, travelling))
-
-  (dx, dscale, dbias), travelling = _ring(n, axes, body, local, travelling,
-                                           homeward=(2,))
-  return dx, travelling[-1][:geo.b], lax.psum(dscale, axes), lax.psum(dbias, axes)
+def _psum(x, axes):
+  return lax.psum(x, axes) if axes else x
 
 
-KERNELS = {"softmax": (_softmax_fwd_device, _softmax_bwd_device, 6),
-           "sigmoid": (_sigmoid_fwd_device, _sigmoid_bwd_device, 0)}
+def _forward_device(theta, rows, cols, extra, *, contrast, n, axes, geo, geo_extra, totals):
+  fam, dirs = contrast.family, contrast.directions
+  theta_c = lax.stop_gradient(theta)
+  b = engine.rows_of(rows)
+  cols_p = geo.pad(cols)
+  extra_p = None if extra is None else geo_extra.pad(extra)
+  softmax = fam == families.SOFTMAX
+  row_dir = not softmax or "row" in dirs
+  col_dir = softmax and "col" in dirs
+  if softmax:
+    shape = _target_structure(contrast, theta_c, rows, _tile(cols_p, 0, geo.tile))
+    row_stats = _init(b, shape["row"])
+    col_stats = _init(geo.padded, shape["col"]) if col_dir else None
+    local = row_stats
+  else:
+    local, col_stats = jnp.zeros((), jnp.float32), None
+
+  def tile_step(block, with_cols):
+    def step(k, carry):
+      local, trav = carry
+      ct = _tile(trav[block], k, (geo if block == 0 else geo_extra).tile)
+      valid = ct["meta"]["valid"][None, :]
+      s_row, s_col = contrast.scores(theta, rows["feat"], ct["feat"], rows["meta"], ct["meta"])
+      t = contrast.targets(theta_c, rows["meta"], ct["meta"])
+      if not softmax:
+        return local + families.sigmoid_dense(s_row, t["pair"], valid), trav
+      if row_dir:
+        local = families.softmax_update(local, s_row, t["row"], 1, valid)
+        local = _with_alpha(local, t["row"], b)
+      if with_cols:
+        cs = _tile(trav[2], k, geo.tile)
+        # Masked like the rows' update (padded columns' statistics are dropped anyway), so
+        # XLA shares the masked weight products between the two directions.
+        cs = _with_alpha(families.softmax_update(cs, s_col, t["col"], 0, valid), t["col"],
+                         geo.tile)
+        trav = trav[:2] + (_put(trav[2], k, geo.tile, cs),)
+      return local, trav
+    return step
+
+  def body(local, trav):
+    local, trav = lax.fori_loop(0, geo.num_tiles, tile_step(0, col_dir), (local, trav))
+    if extra_p is not None:
+      local, trav = lax.fori_loop(0, geo_extra.num_tiles, tile_step(1, False), (local, trav))
+    return local, trav
+
+  # Not peeled without column statistics: nothing comes home, and on XLA:CPU the peeled
+  # variant holds one more block (measured), so the last, unneeded hop is the cheaper price.
+  local, trav = _ring(n, axes, body, local, (cols_p, extra_p, col_stats),
+                      homeward=(2,) if col_dir else None)
+  rows_total, cols_total = totals
+  if not softmax:
+    return _psum(local, axes) / rows_total, ({}, {})
+  w_row, w_col = contrast.weights
+  total = jnp.zeros((), jnp.float32)
+  row_saved = col_saved = {}
+  if row_dir:
+    losses, row_saved = families.softmax_finish(local, [c["alpha"] for c in local["comps"]])
+    total = total + w_row * _psum(jnp.sum(losses), axes) / rows_total
+  if col_dir:
+    cs = jax.tree.map(lambda a: a[:geo.c], trav[2])
+    losses, col_saved = families.softmax_finish(cs, [c["alpha"] for c in cs["comps"]])
+    total = total + w_col * _psum(jnp.sum(losses), axes) / cols_total
+  return total, (row_saved, col_saved)
 
 
-# ---------------------------------------------------------------------------- public
+# ----------------------------------------------------------------------------- backward
 
-def ring_loss(name: str, mesh, tile_size: int = 256, axes=BATCH_AXES,
-              weight_fn: Callable = targets.same_id) -> Callable:
-  """Returns f(x, y, scale, bias, ids=None) -> scalar mean loss over the global batch.
+def _backward_device(theta, rows, cols, extra, saved, g, *, contrast, n, axes, geo, geo_extra,
+                     totals):
+  fam, dirs = contrast.family, contrast.directions
+  softmax = fam == families.SOFTMAX
+  row_dir = not softmax or "row" in dirs
+  col_dir = softmax and "col" in dirs
+  grad_cols = contrast.grad_cols
+  theta_c = lax.stop_gradient(theta)
+  b = engine.rows_of(rows)
+  row_saved, col_saved = saved
+  w_row, w_col = contrast.weights if softmax else (1.0, 0.0)
+  coef_row = g * w_row / totals[0]
+  coef_col = g * w_col / totals[1]
+  rf = _f32(rows["feat"])
+  cols_p = geo.pad(cols)
+  extra_p = None if extra is None else geo_extra.pad(extra)
+  col_saved_p = (jax.tree.map(lambda a: _pad_rows(a, geo.padded, 1), col_saved)
+                 if col_dir else None)
+  dcols = (jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), cols_p["feat"])
+           if grad_cols else None)
+  local = (jax.tree.map(jnp.zeros_like, rf), jax.tree.map(jnp.zeros_like, _f32(theta)))
 
-  x, y [B, D] are split over `axes` of `mesh` (the batch axes present in it); ids [B] int
-  group ids (None: every row is its own group, the usual diagonal positives). Equal to
-  `dense_loss` (and `targets.dense_loss_with_ids`) in value and in gradients w.r.t. x, y,
-  scale and bias.
-  """
-  if name not in KERNELS:
-    raise ValueError(f"config.loss.name: unknown loss {name!r}")
+  def grads_of_scores(s_row, s_col, t, valid, cs):
+    if not softmax:
+      return coef_row * families.sigmoid_grad(s_row, t["pair"], valid), None
+    d_row = d_col = None
+    if row_dir:
+      d_row = coef_row * families.softmax_grad(s_row, t["row"], row_saved, 1, valid)
+    if cs is not None:
+      d_col = coef_col * families.softmax_grad(s_col, t["col"], cs, 0, valid)
+    return d_row, d_col
+
+  def tile_step(block):
+    g_ = geo if block == 0 else geo_extra
+    with_col_grad = block == 0 and grad_cols
+
+    def step(k, carry):
+      (drf, dtheta), trav = carry
+      ct = _tile(trav[block], k, g_.tile)
+      valid = ct["meta"]["valid"][None, :]
+      cs = _tile(trav[2], k, g_.tile) if (block == 0 and col_dir) else None
+      t = contrast.targets(theta_c, rows["meta"], ct["meta"])
+      both = row_dir and cs is not None
+      # Only the scores this tile's directions use are pulled back (one array, or the
+      # pair whose cotangents add up for a symmetric score).
+      pick = (lambda st: st) if both else (lambda st: st[0] if row_dir else st[1])
+      score = lambda th, r, c: pick(  # noqa: E731
+          contrast.scores(th, r, c, rows["meta"], ct["meta"]))
+      cf = _f32(ct["feat"])
+      if with_col_grad:
+        out, pull = jax.vjp(score, theta, rf, cf)
+      else:
+        out, pull = jax.vjp(lambda th, r: score(th, r, cf), theta, rf)
+      s_row, s_col = out if both else (out, out)
+      d_row, d_col = grads_of_scores(s_row, s_col, t, valid, cs)
+      grads = pull((d_row, d_col) if both else (d_row if row_dir else d_col))
+      dtheta = jax.tree.map(jnp.add, dtheta, grads[0])
+      drf = jax.tree.map(jnp.add, drf, grads[1])
+      if with_col_grad:
+        dc = jax.tree.map(lambda acc, v: acc + jnp.where(
+            valid.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0.0), _tile(trav[3], k, g_.tile),
+            grads[2])
+        trav = trav[:3] + (_put(trav[3], k, g_.tile, dc),)
+      return (drf, dtheta), trav
+    return step
+
+  def body(local, trav):
+    local, trav = lax.fori_loop(0, geo.num_tiles, tile_step(0), (local, trav))
+    if extra_p is not None:
+      local, trav = lax.fori_loop(0, geo_extra.num_tiles, tile_step(1), (local, trav))
+    return local, trav
+
+  (drf, dtheta), trav = _ring(n, axes, body, local, (cols_p, extra_p, col_saved_p, dcols),
+                              homeward=(3,) if grad_cols else None)
+  dcf = jax.tree.map(lambda a: a[:geo.c], trav[3]) if grad_cols else None
+  return dtheta_psum(dtheta, axes), drf, dcf
+
+
+def dtheta_psum(dtheta, axes):
+  return jax.tree.map(lambda a: _psum(a, axes), dtheta)
+
+
+# ----------------------------------------------------------------------------- public
+
+def ring(contrast: engine.Contrast, mesh, tile_size: int = 256, axes=BATCH_AXES) -> Callable:
+  """f(theta, rows, cols, extra=None) -> scalar loss, equal to `engine.dense` in value and
+  in the gradients w.r.t. theta and the rows' and columns' features. Rows, columns and
+  extra columns are split over `axes` of `mesh` in contiguous blocks."""
   if tile_size < 1:
     raise ValueError(f"config.loss.tile_size: must be > 0, got {tile_size}")
-  fwd_device, bwd_device, num_stats = KERNELS[name]
   axes = tuple(a for a in axes if a in mesh.axis_names)
   n = math.prod(mesh.shape[a] for a in axes)
-  spec = P(axes)
 
-  def kwargs(batch):
-    geo = _Geometry(batch // n, tile_size)
-    return dict(n=n, axes=axes, geo=geo, weight_fn=weight_fn, batch=batch)
+  def statics(rows, cols, extra):
+    for name, block in (("rows", rows), ("columns", cols), ("extra columns", extra)):
+      if block is not None and engine.rows_of(block) % n:
+        raise ValueError(f"ring loss: {engine.rows_of(block)} {name} are not divisible by "
+                         f"the {n} devices of mesh axes {axes}")
+    c = engine.rows_of(cols) // n
+    q = 0 if extra is None else engine.rows_of(extra) // n
+    return dict(contrast=contrast, n=n, axes=axes, geo=_Geometry(c, tile_size),
+                geo_extra=_Geometry(max(q, 1), tile_size),
+                totals=(engine.rows_of(rows), engine.rows_of(cols)))
 
-  def forward(x, y, scale, bias, ids):
-    f = functools.partial(fwd_device, **kwargs(x.shape[0]))
-    return jax.shard_map(f, mesh=mesh, in_specs=(spec, spec, spec, P(), P()),
-                         out_specs=(P(), (spec,) * num_stats), check_vma=False)(
-                             x, y, ids, scale, bias)
+  def forward(theta, rows, cols, extra):
+    f = functools.partial(_forward_device, **statics(rows, cols, extra))
+    # Specs are pytree prefixes: every leaf of a block is split over the batch axes.
+    return jax.shard_map(f, mesh=mesh, in_specs=(P(), P(axes), P(axes), P(axes)),
+                         out_specs=(P(), P(axes)), check_vma=False)(theta, rows, cols, extra)
 
   @jax.custom_vjp
-  def loss(x, y, scale, bias, ids):
-    return forward(x, y, scale, bias, ids)[0]
+  def loss(theta, rows, cols, extra):
+    return forward(theta, rows, cols, extra)[0]
 
-  def loss_fwd(x, y, scale, bias, ids):
-    value, stats = forward(x, y, scale, bias, ids)
-    return value, (x, y, scale, bias, ids, stats)
+  def loss_fwd(theta, rows, cols, extra):
+    value, saved = forward(theta, rows, cols, extra)
+    return value, (theta, rows, cols, extra, saved)
 
   def loss_bwd(res, g):
-    x, y, scale, bias, ids, stats = res
-    f = functools.partial(bwd_device, **kwargs(x.shape[0]))
-    dx, dy, dscale, dbias = jax.shard_map(
-        f, mesh=mesh, in_specs=(spec, spec, spec, P(), P(), (spec,) * num_stats, P()),
-        out_specs=(spec, spec, P(), P()), check_vma=False)(x, y, ids, scale, bias, stats, g)
-    return (dx.astype(x.dtype), dy.astype(y.dtype), dscale.astype(scale.dtype),
-            dbias.astype(bias.dtype), None)
+    theta, rows, cols, extra, saved = res
+    kw = statics(rows, cols, extra)
+    f = functools.partial(_backward_device, **kw)
+    dtheta, drf, dcf = jax.shard_map(
+        f, mesh=mesh, in_specs=(P(), P(axes), P(axes), P(axes), P(axes), P()),
+        out_specs=(P(), P(axes), P(axes)), check_vma=False)(theta, rows, cols, extra, saved, g)
+    return _cotangents(contrast, theta, rows, cols, extra, dtheta, drf, dcf)
 
   loss.defvjp(loss_fwd, loss_bwd)
 
-  def f(x, y, scale, bias=0.0, ids=None):
-    batch = x.shape[0]
-    if batch % n:
-      raise ValueError(f"ring loss: global batch {batch} is not divisible by the {n} devices "
-                       f"of mesh axes {axes}")
-    ids = jnp.arange(batch, dtype=jnp.int32) if ids is None else jnp.asarray(ids)
-    scale = jnp.asarray(scale, jnp.float32)
-    bias = jnp.asarray(bias, jnp.float32)
-    return loss(x, y, scale, bias, ids)
+  def f(theta, rows, cols, extra=None):
+    theta = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), theta)
+    return loss(theta, rows, cols, extra)
 
+  return f
+
+
+def local(contrast: engine.Contrast, tile_size: int, totals: tuple) -> Callable:
+  """f(theta, rows, cols, extra=None) -> this device's share of the loss (its rows'
+  losses over `totals` = (all rows, all columns)) against columns it holds whole: the
+  ring's tile loop and recomputing custom VJP without the ring. For use inside shard_map
+  (the gathered driver)."""
+
+  def statics(cols, extra):
+    q = 0 if extra is None else engine.rows_of(extra)
+    return dict(contrast=contrast, n=1, axes=(), totals=totals,
+                geo=_Geometry(engine.rows_of(cols), tile_size),
+                geo_extra=_Geometry(max(q, 1), tile_size))
+
+  @jax.custom_vjp
+  def f(theta, rows, cols, extra):
+    return _forward_device(theta, rows, cols, extra, **statics(cols, extra))[0]
+
+  def f_fwd(theta, rows, cols, extra):
+    value, saved = _forward_device(theta, rows, cols, extra, **statics(cols, extra))
+    return value, (theta, rows, cols, extra, saved)
+
+  def f_bwd(res, g):
+    theta, rows, cols, extra, saved = res
+    dtheta, drf, dcf = _backward_device(theta, rows, cols, extra, saved, g,
+                                        **statics(cols, extra))
+    return _cotangents(contrast, theta, rows, cols, extra, dtheta, drf, dcf)
+
+  f.defvjp(f_fwd, f_bwd)
+  return lambda theta, rows, cols, extra=None: f(theta, rows, cols, extra)
+
+
+def _cotangents(contrast, theta, rows, cols, extra, dtheta, drf, dcf):
+  cast = lambda d, x: jax.tree.map(lambda a, b: a.astype(b.dtype), d, x)  # noqa: E731
+  drows = {"feat": cast(drf, rows["feat"]), "meta": engine.zero_cotangent(rows["meta"])}
+  dcols = {"feat": (cast(dcf, cols["feat"]) if contrast.grad_cols
+                    else jax.tree.map(jnp.zeros_like, cols["feat"])),
+           "meta": engine.zero_cotangent(cols["meta"])}
+  dextra = None if extra is None else engine.zero_cotangent(extra)
+  return cast(dtheta, theta), drows, dcols, dextra
+
+
+def gathered(contrast: engine.Contrast, mesh, tile_size: int = 256,
+             axes=BATCH_AXES) -> Callable:
+  """f(theta, rows, cols, extra=None) -> scalar loss, equal to `engine.dense`. Inside
+  shard_map each device all-gathers the columns (and extra columns) and scores its rows
+  against them tile by tile (`local`); for the column direction it all-gathers the rows
+  and scores its own columns against them (the swapped objective). Memory: the gathered
+  [B, D] blocks and one [b, tile] tile; JAX differentiates through the gathers."""
+  if tile_size < 1:
+    raise ValueError(f"config.loss.tile_size: must be > 0, got {tile_size}")
+  axes = tuple(a for a in axes if a in mesh.axis_names)
+  softmax = contrast.family == families.SOFTMAX
+  w_row, w_col = contrast.weights
+  forward = dataclasses.replace(contrast, directions=("row",), weights=(w_row, 0.0))
+  backward = (dataclasses.replace(contrast.swap(), directions=("row",), weights=(w_col, 0.0))
+              if softmax and "col" in contrast.directions else None)
+  if softmax and "row" not in contrast.directions:
+    forward = None
+
+  def f(theta, rows, cols, extra=None):
+    engine.check_extra(contrast, extra)
+    if not contrast.grad_cols:
+      cols = engine.no_grad(cols)
+    if extra is not None:
+      extra = engine.no_grad(extra)
+    totals = (engine.rows_of(rows), engine.rows_of(cols))
+    row_pass = forward and local(forward, tile_size, totals)
+    col_pass = backward and local(backward, tile_size, totals[::-1])
+
+    def per_device(theta, rows, cols, extra):
+      total = jnp.zeros((), jnp.float32)
+      if row_pass:
+        gather = lambda b: None if b is None else lax.all_gather(b, axes, tiled=True)  # noqa: E731
+        total = total + row_pass(theta, rows, gather(cols), gather(extra))
+      if col_pass:
+        total = total + col_pass(theta, cols, lax.all_gather(rows, axes, tiled=True))
+      return lax.psum(total, axes)
+
+    theta = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), theta)
+    return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(axes), P(axes), P(axes)),
+                         out_specs=P(), check_vma=False)(theta, rows, cols, extra)
+
+  return f
+
+
+def ring_loss(name: str, mesh, tile_size: int = 256, axes=BATCH_AXES,
+              weight_fn: Callable = targets.same_id) -> Callable:
+  """The two-tower entry point: f(x, y, scale, bias=0, ids=None) -> scalar mean loss of
+  objective `name` ("softmax" or "sigmoid") with x, y [B, D] and optional group ids [B]
+  (or soft targets `weight_fn(row_ids, col_ids)`, symmetric, in [0, 1])."""
+  if name not in objectives.names():
+    raise ValueError(f"config.loss.name: unknown loss {name!r}")
+  contrast = objectives.get(name).contrast(objectives.default_options(name), weight_fn=weight_fn)
+  run = ring(contrast, mesh, tile_size, axes)
+
+  def f(x, y, scale, bias=0.0, ids=None):
+    ids = jnp.arange(x.shape[0], dtype=jnp.int32) if ids is None else jnp.asarray(ids)
+    theta = {"scale": jnp.asarray(scale, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)}
+    return run(theta, {"feat": x, "meta": {"ids": ids}}, {"feat": y, "meta": {"ids": ids}})
   return f

@@ -4,8 +4,11 @@ Towers are built from `config.towers` (the key is the modality name, `kind` pick
 module); each is followed by a head to `model.embed_dim` (bias-free linear by default, an MLP
 projector, or none). The model also
 owns the loss's learnable scalars: `logit_scale` (log of the temperature's inverse, CLIP
-style) and, for the sigmoid loss, `logit_bias`. Parameter names are
+style), for the sigmoid loss `logit_bias`, and `logit_scale_<term>` / `logit_bias_<term>`
+for loss terms with their own (losses/terms.py). Parameter names are
 `{modality}/encoder/block_3/mlp/fc1/kernel`, `{modality}/head/kernel`, `logit_scale`, ...
+A tower given K inputs per example ([B, K, ...], e.g. K captions) embeds them as B*K rows
+and returns [B, K, D].
 """
 
 import math
@@ -15,31 +18,28 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from xmodal import towers
+from xmodal import towers as towers_lib
+from xmodal.losses import terms as loss_terms
 from xmodal.models import layers
 from xmodal.models import modalities, text, vit  # noqa: F401 (kept as model.vit, ...)
 
-LOSS_INIT = {  # (scale, bias) defaults: CLIP 1/0.07; SigLIP t=10, b=-10
-    "softmax": (1 / 0.07, None),
-    "sigmoid": (10.0, -10.0),
-}
 
 
 def resolved_vit(cfg: ml_collections.ConfigDict) -> dict:
   """The ViT tower's size fields with `variant` ("B/16") applied over them."""
-  return towers.get("vit").resolved(cfg)
+  return towers_lib.get("vit").resolved(cfg)
 
 
 def with_defaults(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The tower section over its kind's defaults (configs saved before a field existed)."""
-  return towers.with_defaults(cfg)
+  return towers_lib.with_defaults(cfg)
 
 
 def build_tower(cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict, name: str,
                 dtype) -> nn.Module:
   """One tower module from its config section, built by its kind's module (xmodal/towers)."""
   cfg = with_defaults(cfg)
-  return towers.get(cfg.kind).build(cfg, config, dtype, name)
+  return towers_lib.get(cfg.kind).build(cfg, config, dtype, name)
 
 
 class Tower(nn.Module):
@@ -85,20 +85,32 @@ class MultiTower(nn.Module):
     unknown = set(inputs) - set(config.towers.keys())
     if unknown:
       raise ValueError(f"inputs {sorted(unknown)} have no tower; towers: {list(config.towers)}")
-    scale, bias = initial_scale_and_bias(config)
-    self.param("logit_scale", nn.initializers.constant(math.log(scale)), ())
-    if bias is not None:
-      self.param("logit_bias", nn.initializers.constant(bias), ())
-    return {m: Tower(config.towers[m], config, dtype, name=m)(x, train, normalize)
-            for m, x in inputs.items()}
+    # The loss's learnable scalars: logit_scale (and logit_bias), and each loss term's own.
+    for name, value in loss_terms.scalars(config).items():
+      self.param(name, nn.initializers.constant(value), ())
+    out = {}
+    for m, x in inputs.items():
+      tower = Tower(config.towers[m], config, dtype, name=m)
+      extra = x.ndim - _input_rank(config, m)
+      if extra == 1:      # [B, K, ...]: K inputs per example (data.captions="k")
+        z = tower(x.reshape((-1,) + x.shape[2:]), train, normalize)
+        out[m] = z.reshape(x.shape[:2] + z.shape[1:])
+      else:
+        out[m] = tower(x, train, normalize)
+    return out
+
+
+def _input_rank(config, modality) -> int:
+  """Rank of one example's input batch [B, ...] (the kind's `input_spec` plus the batch)."""
+  cfg = config.towers[modality]
+  return len(towers_lib.get(cfg.kind).input_spec(with_defaults(cfg), config)[0]) + 1
 
 
 def initial_scale_and_bias(config) -> tuple[float, float | None]:
-  default_scale, default_bias = LOSS_INIT[config.loss.name]
-  scale = config.loss.init_scale or default_scale
-  if default_bias is None:
-    return scale, None
-  return scale, (config.loss.init_bias or default_bias)
+  """(scale, bias or None) of the shared logit_scale / logit_bias at initialisation."""
+  values = loss_terms.scalars(config)
+  bias = values.get("logit_bias")
+  return math.exp(values["logit_scale"]), bias
 
 
 def unbox(params):
@@ -114,11 +126,13 @@ def abstract_params(model, config):
   return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_inputs(config))["params"])
 
 
-def dummy_inputs(config, batch: int = 1) -> dict:
+def dummy_inputs(config, batch: int = 1, towers=None) -> dict:
   """Zero inputs of the right shapes and dtypes (each kind's `input_spec`), for init and
-  shape inference."""
+  shape inference (of every tower, or of `towers`)."""
   out = {}
   for m, cfg in config.towers.items():
-    shape, dtype = towers.get(cfg.kind).input_spec(with_defaults(cfg), config)
+    if towers is not None and m not in towers:
+      continue
+    shape, dtype = towers_lib.get(cfg.kind).input_spec(with_defaults(cfg), config)
     out[m] = jnp.zeros((batch, *shape), dtype)
   return out

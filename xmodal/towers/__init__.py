@@ -76,10 +76,16 @@ def known(kind) -> bool:
     return False
 
 
+# Every tower kind: another tower's batch input (a frozen teacher or reference tower that
+# sees the student's inputs).
+INPUT = Field("", "read the batch input of this tower instead of one of its own (a frozen "
+              "teacher or reference tower on the same inputs); '' = its own")
+
+
 def fields_of(kind: str) -> dict:
   """The declared fields of one tower kind, `kind` first."""
   return {"kind": Field(kind, "tower kind: a module of xmodal/towers or a module path"),
-          **get(kind).FIELDS}
+          "input": INPUT, **get(kind).FIELDS}
 
 
 def defaults(kind: str):

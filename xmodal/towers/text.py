@@ -3,7 +3,8 @@
 Input: int32 token ids [B, L], L = data.context_length, from the tokenizer
 (`data.tokenizer`): [prefix, text, EOS, PAD...]; the trailing run of its pad id is padding.
 Record values: a caption (str or UTF-8 bytes) or a list of captions; `data.captions`
-picks one ("sample", "first") or keeps all ("all": one example per caption).
+picks one ("sample", "first"), keeps all ("all": one example per caption) or gives
+`data.num_captions` of them to one example ("k": int32 [K, L], 1-to-K objectives).
 """
 
 import dataclasses
@@ -92,15 +93,23 @@ def usable_captions(caption) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Prepare:
-  """Caption(s) -> token ids int32 [L] (or Many of them for captions="all" in training).
-  "sample" draws one per use when training, evaluation takes the first."""
+  """Caption(s) -> token ids int32 [L] (or Many of them for captions="all" in training,
+  [K, L] for captions="k" in training). "sample" draws one per use when training,
+  evaluation takes the first."""
   tokenizer: object
   captions: str = "sample"
+  num_captions: int = 1
 
   def __call__(self, caption, train: bool, rng: np.random.Generator):
     captions = usable_captions(caption)
     if self.captions == "all" and train:
       return Many(self.tokenizer.encode(c) for c in captions)
+    if self.captions == "k" and train:
+      # 1-to-K: K captions of the record, without repeats while it has enough (a short
+      # record repeats its captions in a random order).
+      order = rng.permutation(len(captions))
+      return np.stack([self.tokenizer.encode(captions[order[i % len(captions)]])
+                       for i in range(self.num_captions)])
     if self.captions == "sample" and train and len(captions) > 1:
       return self.tokenizer.encode(captions[int(rng.integers(len(captions)))])
     return self.tokenizer.encode(captions[0])
@@ -108,7 +117,8 @@ class Prepare:
 
 def preparer(cfg, config) -> Prepare:
   from xmodal.data import tokenizer as tokenizer_lib   # noqa: PLC0415
-  return Prepare(tokenizer_lib.get_tokenizer(config), config.data.captions)
+  return Prepare(tokenizer_lib.get_tokenizer(config), config.data.captions,
+                 config.data.num_captions)
 
 
 WORDS = ("amber", "basalt", "cobalt", "dune", "ember", "fjord", "garnet", "heron")
