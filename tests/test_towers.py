@@ -175,6 +175,10 @@ def test_frozen_params_init_did_not_load_are_refused_or_named(tmp_path, caplog):
   with pytest.raises(config_lib.ConfigError,
                      match=r"^config.train.frozen: \d+ frozen weight matrices \(e.g. image/"):
     init_lib.check_frozen(config, params)
+  config.train.frozen_random = True                     # random frozen towers on purpose
+  init_lib.check_frozen(config, params)
+  config.train.frozen_random = False
+  caplog.clear()
   # The image tower loaded from an unscanned source: nothing frozen is left random.
   _, source = _init(make_tiny_config(), seed=1)
   path = str(tmp_path / "params.safetensors")

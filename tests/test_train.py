@@ -560,6 +560,7 @@ def get_config(arg=None):
                                       y=dict(features=8, width=16),
                                       tx=dict(features=8, width=16, input="x"))
   c.train.frozen = ("tx/.*",)
+  c.train.frozen_random = True          # a random frozen reference tower, on purpose
   c.loss.terms = ml_collections.ConfigDict({{
       "clip": terms.section("softmax", pairs=("x:y",)),
       "mod": terms.section("momentum", momentum=0.9, queue=64, pairs=("x:y",),

@@ -213,6 +213,9 @@ SCHEMA = dict(
         frozen=Field((), "regexes over param names ('image/.*' locks the image tower: LiT); "
                      "matching params get no updates or decay; each must match something"),
         unfrozen=Field((), "exceptions to train.frozen, e.g. ('image/head/.*',)"),
+        frozen_random=Field(False, "allow frozen weight matrices that init does not load (a "
+                            "random-feature baseline, a toy reference tower); by default "
+                            "such a run is refused, as a LiT run without its weights"),
     ),
     # Initialise params (all, or a subtree) from converted weights or another run, at step 0.
     init=dict(

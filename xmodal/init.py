@@ -214,12 +214,13 @@ def check_frozen(config, params, loaded=()) -> None:
             if label == optim.FROZEN and n not in done]
   matrices = [n for n, ndim in random if ndim >= 2]
   source = config.init.source or "nothing (config.init.source is empty)"
-  if matrices:
+  if matrices and not config.train.get("frozen_random", False):
     raise ConfigError(
         f"config.train.frozen: {len(matrices)} frozen weight matrices (e.g. {matrices[0]}) "
         f"are not loaded from {source}, so they would stay random for the whole run; set "
-        f"config.init.source (and config.init.map) to weights that cover them, or narrow "
-        f"config.train.frozen / config.train.unfrozen")
+        f"config.init.source (and config.init.map) to weights that cover them, narrow "
+        f"config.train.frozen / config.train.unfrozen, or set config.train.frozen_random "
+        f"if random frozen towers are meant")
   if random:
     shown = ", ".join(n for n, _ in random[:5])
     logging.warning("config.train.frozen: frozen params not loaded from %s keep their initial "
