@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from xmodal import checkpoint, config as config_lib, embed, evaluate, losses, metrics as metrics_lib
-from xmodal import init as init_lib, microbatch, optim, parallel, sharding
+from xmodal import init as init_lib, microbatch, optim, parallel, prefetch, sharding
 from xmodal.data import pipeline
 from xmodal.models import model as model_lib
 
@@ -55,6 +55,17 @@ def make_train_step(model, tx, objective, schedule, microbatches: int = 1, seed:
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, step_metrics
 
   return train_step
+
+
+def jit_train_step(config, mesh, model, tx, objective, schedule, state_sharding, batch_keys):
+  """The train step jitted as `train` runs it (tools/bench_step.py times this very step):
+  state sharded by `state_sharding` and donated, the batch's `batch_keys` split over the
+  batch axes, metrics replicated."""
+  batch_sharding = parallel.batch_sharding(mesh)
+  return jax.jit(make_train_step(model, tx, objective, schedule, config.train.microbatches,
+                                 config.seed),
+                 in_shardings=(state_sharding, {k: batch_sharding for k in batch_keys}),
+                 out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=0)
 
 
 def init_state_fn(model, tx, config):
@@ -156,8 +167,9 @@ def _train(config, workdir: str, mesh) -> dict:
   if meta is not None:
     stream = meta["stream"] if same_topology else {
         "first_example": meta["examples_consumed"], "step": start, "skipped": meta["skipped"]}
-  data_iter = iter(pipeline.train_dataset(config, jax.process_index(), jax.process_count(),
-                                          stream["first_example"]))
+  data_iter = iter(prefetch.to_device(   # batches on the device before the step asks
+      pipeline.train_dataset(config, jax.process_index(), jax.process_count(),
+                             stream["first_example"]), prefetch.device_batch(mesh, batch_keys)))
   if meta is not None:
     state = ckpt.restore(start, abstract_state, data_iter if same_topology else None)
     print(f"resumed from {checkpoint.checkpoint_dir(workdir)}/{start}"
@@ -181,12 +193,8 @@ def _train(config, workdir: str, mesh) -> dict:
         f"global batch {config.batch_size}", flush=True)
 
   # ---------------------------------------------------------------- step
-  batch_sharding = parallel.batch_sharding(mesh)
-  step_fn = jax.jit(make_train_step(model, tx, objective, schedule,
-                                    config.train.microbatches, config.seed),
-                    in_shardings=(state_sharding, {k: batch_sharding for k in batch_keys}),
-                    out_shardings=(state_sharding, parallel.replicated(mesh)),
-                    donate_argnums=0)
+  step_fn = jit_train_step(config, mesh, model, tx, objective, schedule, state_sharding,
+                           batch_keys)
 
   def run_eval(step):
     t0 = time.time()
@@ -207,7 +215,7 @@ def _train(config, workdir: str, mesh) -> dict:
     local = next(data_iter)
     skipped_local += int(local["skipped"].sum())
     epoch = max(epoch, int(local["epoch"].max()))
-    batch = parallel.global_batch(mesh, {k: local[k] for k in batch_keys})
+    batch = {k: local[k] for k in batch_keys}
     state, step_metrics = step_fn(state, batch)
     pending.append(step_metrics)
     done = step + 1
@@ -245,6 +253,7 @@ def _train(config, workdir: str, mesh) -> dict:
           "stream": stream}, force=True)
 
   # ---------------------------------------------------------------- finish
+  data_iter.close()                 # stops the prefetch threads
   ckpt.wait()
   final = run_eval(int(state["step"]))
   ckpt.close()

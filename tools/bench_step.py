@@ -1,0 +1,641 @@
+"""Benchmark: xmodal's train step against a plain Flax two-tower step and Hugging Face
+`transformers`' `CLIPModel` on CPU torch, and the same step on GPU (`--gpu`).
+
+CPU (the default): three train steps of the same shapes (image tower, text tower, linear heads,
+symmetric softmax loss, AdamW, float32, one CPU device), timed in alternating rounds in one
+process so that machine load hits all three alike:
+
+  xmodal  the step `xmodal train` runs: `train.jit_train_step` over the real model, optimizer,
+          objective (loss.impl="gathered": shard_map over the mesh) and state shardings.
+  flax    a minimal hand-written Flax step (`nn.MultiHeadDotProductAttention`, `optax.adamw`).
+  torch   `transformers.CLIPModel` in train mode, `loss.backward()`, `torch.optim.AdamW`.
+
+Reported: examples/s (median over rounds), xmodal's ratio to each peer (median of the per-round
+ratios), compile time (the first call: trace + compile + one step; torch: its first step).
+`--profile` adds where the time goes: a `jax.profiler` trace of a few xmodal and flax steps,
+XLA's per-op time grouped by what the op computes. `--loop` runs the real `xmodal train` loop
+(input pipeline, prefetch, logging, evaluation, checkpoints) under the profiler and reports the
+fraction of wall time the device waits (no train-step program running).
+
+Threads: both runtimes get the same cores. XLA's CPU thread pool sizes itself from the
+process's CPU affinity, so `--threads N` pins the process to N cores (sched_setaffinity,
+before JAX starts) and sets `torch.set_num_threads(N)`; the default is every core.
+
+    python tools/bench_step.py                    # tiny + S/16 sizes, breakdown, loop; writes
+                                                  # docs/benchmarks/step.md
+    python tools/bench_step.py --short            # tiny size only, 3 rounds (a few minutes)
+    python tools/bench_step.py --gpu              # ViT-B/16 two-tower, bf16, +-remat: examples/s, MFU
+    python tools/bench_step.py --gpu --dry        # the GPU script at toy sizes on CPU (seconds)
+"""
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import glob
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+  image: int            # pixels per side
+  patch: int
+  width: int            # image tower
+  depth: int
+  heads: int
+  mlp: int
+  context: int          # text tokens
+  vocab: int
+  text_width: int
+  text_depth: int
+  text_heads: int
+  text_mlp: int
+  embed: int
+  batch: int            # per device
+
+
+SIZES = {
+    # The issue's tiny two-tower: 64 image tokens, 32 text tokens.
+    "tiny": Size(64, 8, 256, 6, 4, 1024, 32, 512, 256, 6, 4, 1024, 256, 128),
+    # ViT-S/16 at 224 px (196 tokens) with a text tower of the same width.
+    "s16": Size(224, 16, 384, 12, 6, 1536, 64, 32000, 384, 12, 6, 1536, 384, 32),
+    # CLIP ViT-B/16: ViT-B/16 image tower, 12-layer 512-wide text tower, 77 tokens.
+    "b16": Size(224, 16, 768, 12, 12, 3072, 77, 49408, 512, 12, 8, 2048, 512, 256),
+    # --dry: the GPU script's code path at toy sizes.
+    "toy": Size(32, 8, 64, 2, 2, 128, 16, 300, 64, 2, 2, 128, 64, 8),
+}
+
+
+def random_batch(size: Size, batch: int, seed: int = 0) -> dict:
+  """uint8 images [B, S, S, 3], int32 token ids [B, L] (no padding: every row full)."""
+  rng = np.random.default_rng(seed)
+  return {"image": rng.integers(0, 256, (batch, size.image, size.image, 3), dtype=np.uint8),
+          "text": rng.integers(3, size.vocab, (batch, size.context)).astype(np.int32)}
+
+
+# ------------------------------------------------------------------------------- xmodal
+
+def xmodal_config(size: Size, batch: int, dtype: str = "float32", remat: str = "none"):
+  """The default config with the towers resized to `size` (xmodal's own pre-LN towers: gap
+  pooling for images, causal text with EOS pooling, bias-free linear heads)."""
+  from xmodal import default_config
+  c = default_config.get_config()
+  c.batch_size = batch
+  c.data.image_size, c.data.context_length = size.image, size.context
+  c.model.embed_dim, c.model.compute_dtype = size.embed, dtype
+  im, tx = c.towers.image, c.towers.text
+  im.patch_size, im.width, im.depth, im.num_heads, im.mlp_dim = (
+      size.patch, size.width, size.depth, size.heads, size.mlp)
+  tx.width, tx.depth, tx.num_heads, tx.mlp_dim, tx.vocab_size = (
+      size.text_width, size.text_depth, size.text_heads, size.text_mlp, size.vocab)
+  im.remat = tx.remat = remat
+  c.train.total_steps = 10_000
+  return c
+
+
+class XmodalStep:
+  """xmodal's train step as `xmodal train` builds it, on a resident random batch."""
+  name = "xmodal"
+
+  def __init__(self, config, seed: int = 0):
+    from xmodal import config as config_lib, losses, optim, parallel, sharding, train
+    from xmodal.models import model as model_lib
+    config_lib.validate(config, jax.device_count())
+    self.config = config
+    self.mesh = parallel.make_mesh(config)
+    self.context = lambda: sharding.context(config, self.mesh)
+    with self.context():
+      model = model_lib.MultiTower(config)
+      tx = optim.make_optimizer(config)
+      state_sharding = sharding.state_shardings(model, tx, config, self.mesh)
+      init = train.init_state_fn(model, tx, config)
+      self.state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(seed))
+      self.step = train.jit_train_step(config, self.mesh, model, tx,
+                                       losses.make_objective(config, self.mesh),
+                                       optim.schedule(config), state_sharding,
+                                       list(config.towers))
+    self.batch = parallel.global_batch(self.mesh,
+                                       random_batch(_size_of(config), config.batch_size))
+
+  def run(self, steps: int) -> float:
+    """Runs `steps` steps; returns wall seconds until the last one finished."""
+    with self.context():
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        self.state, metrics = self.step(self.state, self.batch)
+      jax.block_until_ready((self.state, metrics))
+      return time.perf_counter() - t0
+
+  def compiled_text(self) -> str:
+    with self.context():
+      return self.step.lower(self.state, self.batch).compile().as_text()
+
+
+def _size_of(config) -> Size:
+  im, tx = config.towers.image, config.towers.text
+  return Size(config.data.image_size, im.patch_size, im.width, im.depth, im.num_heads,
+              im.mlp_dim, config.data.context_length, tx.vocab_size, tx.width, tx.depth,
+              tx.num_heads, tx.mlp_dim, config.model.embed_dim, config.batch_size)
+
+
+# ------------------------------------------------------------------------------- plain Flax
+
+class PlainBlock(nn.Module):
+  heads: int
+  mlp: int
+  causal: bool
+
+  @nn.compact
+  def __call__(self, x):
+    mask = nn.make_causal_mask(jnp.ones(x.shape[:2])) if self.causal else None
+    y = nn.LayerNorm()(x)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads)(y, mask=mask)
+    y = nn.LayerNorm()(x)
+    return x + nn.Dense(x.shape[-1])(nn.gelu(nn.Dense(self.mlp)(y)))
+
+
+class PlainTwoTower(nn.Module):
+  """ViT (gap) + causal text transformer (argmax pooling) + linear heads, unit embeddings."""
+  size: Size
+
+  @nn.compact
+  def __call__(self, images, tokens):
+    s = self.size
+    x = nn.Conv(s.width, (s.patch, s.patch), strides=s.patch, padding="VALID")(
+        images.astype(jnp.float32) / 127.5 - 1.0)
+    x = x.reshape(x.shape[0], -1, s.width)
+    x = x + self.param("image_pos", nn.initializers.normal(0.02), x.shape[1:])
+    for _ in range(s.depth):
+      x = PlainBlock(s.heads, s.mlp, causal=False)(x)
+    image = nn.Dense(s.embed, use_bias=False)(nn.LayerNorm()(x).mean(axis=1))
+    t = nn.Embed(s.vocab, s.text_width)(tokens)
+    t = t + self.param("text_pos", nn.initializers.normal(0.01), (s.context, s.text_width))
+    for _ in range(s.text_depth):
+      t = PlainBlock(s.text_heads, s.text_mlp, causal=True)(t)
+    t = nn.LayerNorm()(t)[jnp.arange(tokens.shape[0]), tokens.argmax(axis=1)]
+    text = nn.Dense(s.embed, use_bias=False)(t)
+    scale = self.param("logit_scale", nn.initializers.constant(math.log(1 / 0.07)), ())
+    unit = lambda z: z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+    return unit(image), unit(text), jnp.exp(scale)
+
+
+class FlaxStep:
+  """The minimal Flax two-tower train step: CLIP loss, optax.adamw, donated state."""
+  name = "flax"
+
+  def __init__(self, size: Size, batch: int, seed: int = 0):
+    model = PlainTwoTower(size)
+    data = random_batch(size, batch)
+    tx = optax.adamw(1e-3, weight_decay=0.05)
+    params = model.init(jax.random.key(seed), data["image"][:1], data["text"][:1])["params"]
+    self.state = (params, tx.init(params))
+
+    def step(state, images, tokens):
+      params, opt_state = state
+
+      def loss_fn(p):
+        zi, zt, scale = model.apply({"params": p}, images, tokens)
+        logits = scale * zi @ zt.T
+        labels = jnp.arange(logits.shape[0])
+        return 0.5 * (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+                      + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean())
+
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), loss
+
+    self.step = jax.jit(step, donate_argnums=0)
+    self.batch = (jnp.asarray(data["image"]), jnp.asarray(data["text"]))
+
+  def run(self, steps: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      self.state, loss = self.step(self.state, *self.batch)
+    jax.block_until_ready((self.state, loss))
+    return time.perf_counter() - t0
+
+  def compiled_text(self) -> str:
+    return self.step.lower(self.state, *self.batch).compile().as_text()
+
+
+# ------------------------------------------------------------------------------- torch
+
+class TorchStep:
+  """transformers.CLIPModel (same widths, depths, heads, MLP, tanh GELU) + torch AdamW."""
+  name = "torch"
+
+  def __init__(self, size: Size, batch: int, threads: int, seed: int = 0):
+    import torch
+    import transformers
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    transformers.logging.set_verbosity_error()
+    text = dict(vocab_size=size.vocab, hidden_size=size.text_width,
+                intermediate_size=size.text_mlp, num_hidden_layers=size.text_depth,
+                num_attention_heads=size.text_heads, max_position_embeddings=size.context,
+                hidden_act="gelu_pytorch_tanh", pad_token_id=0, bos_token_id=1,
+                eos_token_id=2)          # 2: pool at the highest id, as CLIP does
+    vision = dict(image_size=size.image, patch_size=size.patch, hidden_size=size.width,
+                  intermediate_size=size.mlp, num_hidden_layers=size.depth,
+                  num_attention_heads=size.heads, hidden_act="gelu_pytorch_tanh")
+    config = transformers.CLIPConfig(text_config=text, vision_config=vision,
+                                     projection_dim=size.embed)
+    self.torch = torch
+    self.model = transformers.CLIPModel(config).train()
+    self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.05)
+    data = random_batch(size, batch)
+    self.pixels = torch.from_numpy(data["image"].astype(np.float32) / 127.5 - 1).permute(
+        0, 3, 1, 2).contiguous()
+    self.ids = torch.from_numpy(data["text"]).long()
+
+  def run(self, steps: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      self.opt.zero_grad(set_to_none=True)
+      loss = self.model(input_ids=self.ids, pixel_values=self.pixels, return_loss=True).loss
+      loss.backward()
+      self.opt.step()
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------- timing
+
+def compile_and_time(runners) -> dict:
+  """{name: first-call seconds}: jit compile + one step (torch: its first, eager step)."""
+  out = {}
+  for r in runners:
+    out[r.name] = r.run(1)
+    print(f"  {r.name}: first step {out[r.name]:.1f}s", flush=True)
+  return out
+
+
+def alternate(runners, rounds: int, steps: int, batch: int) -> tuple[dict, dict]:
+  """({name: [examples/s per round]}, {name: [process CPU seconds per example per round]});
+  the order rotates every round. CPU time counts what the runtime's threads ran, so it
+  hardly moves with machine load (spin-waiting threads count too)."""
+  rates, cpu = collections.defaultdict(list), collections.defaultdict(list)
+  for i in range(rounds):
+    order = runners[i % len(runners):] + runners[:i % len(runners)]
+    for r in order:
+      c0 = time.process_time()
+      rates[r.name].append(batch * steps / r.run(steps))
+      cpu[r.name].append((time.process_time() - c0) / (batch * steps))
+    print(f"  round {i + 1}/{rounds}: " + ", ".join(
+        f"{r.name} {rates[r.name][-1]:.1f} ({1e3 * cpu[r.name][-1]:.0f} cpu-ms/ex)"
+        for r in runners) + " examples/s", flush=True)
+  return dict(rates), dict(cpu)
+
+
+def summarize(rates: dict, cpu: dict) -> dict:
+  """Medians, and xmodal's per-round ratio to each peer (median, min, max)."""
+  out = {"median": {k: statistics.median(v) for k, v in rates.items()},
+         "cpu_ms": {k: 1e3 * statistics.median(v) for k, v in cpu.items()}, "ratio": {}}
+  for peer in rates:
+    if peer != "xmodal":
+      r = [a / b for a, b in zip(rates["xmodal"], rates[peer])]
+      out["ratio"][peer] = (statistics.median(r), min(r), max(r))
+  return out
+
+
+# ------------------------------------------------------------------------------- profile
+
+def _instructions(hlo_text: str) -> dict:
+  """{instruction name: (opcode, called computation or "", op_name metadata)} and
+  {computation name: [opcodes]} from an HLO module's text."""
+  instrs, comps, current = {}, collections.defaultdict(list), None
+  for line in hlo_text.splitlines():
+    m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if m and not line.startswith(" "):
+      current = m.group(1)
+      continue
+    m = re.match(r"^\s+(?:ROOT )?%?([\w.\-]+) = .*? ([\w\-]+)\(", line)
+    if not m:
+      continue
+    name, opcode = m.groups()
+    calls = re.search(r"calls=%?([\w.\-]+)", line)
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    instrs[name] = (opcode, calls.group(1) if calls else "", op_name.group(1) if op_name else "")
+    comps[current].append(opcode)
+  return {"instrs": instrs, "comps": comps}
+
+
+def op_category(name: str, hlo: dict) -> str:
+  """What an executed HLO op computes, from its opcode(s): matmul, reduction, layout copy,
+  gather/scatter, elementwise, ..."""
+  opcode, calls, _ = hlo["instrs"].get(name, ("?", "", ""))
+  ops = set(hlo["comps"].get(calls, [])) if calls else {opcode}
+  if ops & {"dot", "convolution"}:
+    return "matmul / conv"
+  if ops & {"scatter", "gather", "dynamic-slice", "dynamic-update-slice"}:
+    return "gather / scatter / dynamic slice"
+  if ops & {"reduce", "reduce-window"}:
+    return "reductions (norms, softmax, sums)"
+  if ops & {"all-reduce", "all-gather", "reduce-scatter", "collective-permute",
+            "custom-call", "sort", "rng-bit-generator", "while"}:
+    return "collectives / custom calls / loops"
+  if ops <= {"copy", "transpose", "bitcast", "reshape", "broadcast", "slice", "concatenate",
+             "pad", "parameter", "tuple", "get-tuple-element", "constant"}:
+    return "layout (copy, transpose, pad, broadcast)"
+  return "elementwise"
+
+
+def op_phase(name: str, hlo: dict) -> str:
+  """forward / backward / optimizer, from the op's jax name stack."""
+  op_name = hlo["instrs"].get(name, ("", "", ""))[2]
+  if "transpose(jvp" in op_name:
+    return "backward"
+  if "jvp(" in op_name:
+    return "forward"
+  return "optimizer + rest"
+
+
+def trace_events(logdir: str):
+  """Every XLA op event of the newest trace under logdir: (module, op, run_id, start, end)."""
+  path = max(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True), key=os.path.getmtime)
+  data = jax.profiler.ProfileData.from_file(path)
+  for plane in data.planes:
+    for line in plane.lines:
+      for ev in line.events:
+        stats = dict(ev.stats)
+        if "hlo_module" in stats and "hlo_op" in stats:
+          yield (stats["hlo_module"], stats["hlo_op"], stats.get("run_id"), ev.start_ns,
+                 ev.end_ns)
+
+
+def profile(runner, steps: int, logdir: str) -> dict:
+  """ms per step by (category, phase) for `runner`'s step, from a jax.profiler trace. Op
+  time is summed over XLA's threads, then scaled so that the total equals the wall time of
+  a step (the ops of one step run on several threads at once)."""
+  hlo = _instructions(runner.compiled_text())
+  runner.run(1)
+  jax.profiler.start_trace(logdir)
+  wall = runner.run(steps)
+  jax.profiler.stop_trace()
+  by = collections.Counter()
+  module = None
+  for mod, op, _, start, end in trace_events(logdir):
+    if "train_step" in mod or mod == "jit_step":
+      module = mod
+      by[(op_category(op, hlo), op_phase(op, hlo))] += (end - start) / 1e6
+  total = sum(by.values())
+  scale = wall * 1e3 / steps / total if total else 0.0
+  return {"wall_ms": wall * 1e3 / steps, "module": module,
+          "ms": {k: v * scale for k, v in by.items()}}
+
+
+# ------------------------------------------------------------------------------- train loop
+
+def loop_wait(size: Size, steps: int, workdir: str, logdir: str) -> dict:
+  """Runs `xmodal train` on the `shapes` data at `size` under the profiler; returns the
+  fraction of wall time (from the end of the first, compiling step to the end of the last)
+  in which no train-step program runs, with and without the evaluation and checkpoint
+  windows."""
+  from xmodal import train
+  config = xmodal_config(size, size.batch)
+  config.train.total_steps = steps
+  config.optim.warmup_steps = 1
+  config.train.log_every = max(1, steps // 4)
+  config.train.eval_every = steps // 2
+  config.train.checkpoint_every = steps // 2
+  config.eval.batch_size = size.batch
+  config.data.shapes_eval_size = 2 * size.batch
+  jax.profiler.start_trace(logdir)
+  train.train(config, workdir)
+  jax.profiler.stop_trace()
+  runs = collections.defaultdict(lambda: [math.inf, 0])
+  other = []
+  for mod, _, run_id, start, end in trace_events(logdir):
+    if "train_step" in mod:
+      span = runs[run_id]
+      span[0], span[1] = min(span[0], start), max(span[1], end)
+    else:
+      other.append((start, end))
+  spans = sorted(runs.values())[1:]            # the first call also compiles
+  window = spans[-1][1] - spans[0][0]
+  busy = sum(e - s for s, e in spans)
+  gaps = [b[0] - a[1] for a, b in zip(spans, spans[1:])]
+  big = sorted(gaps)[-2:] if len(gaps) > 4 else []     # the eval and checkpoint windows
+  return {"steps": len(spans), "wait": 1 - busy / window,
+          "wait_without_eval_ckpt": 1 - busy / (window - sum(big)),
+          "median_gap_ms": statistics.median(gaps) / 1e6 if gaps else 0.0,
+          "step_ms": statistics.median(e - s for s, e in spans) / 1e6}
+
+
+# ------------------------------------------------------------------------------- GPU
+
+PEAK_BF16_TFLOPS = {    # dense bf16 tensor-core peak per device (no sparsity)
+    "H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "B200": 2250.0,
+    "L40S": 362.0, "A10": 125.0, "L4": 121.0, "V100": 125.0,
+}
+
+
+def peak_tflops(device_kind: str) -> float | None:
+  """bf16 peak from the device kind ("NVIDIA H100 80GB HBM3" -> 989); None if unknown."""
+  for key in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):
+    if key.lower() in device_kind.lower():
+      return PEAK_BF16_TFLOPS[key]
+  return None
+
+
+def model_flops(size: Size, batch: int) -> float:
+  """Training FLOPs of one step of the two-tower model: 6 x matmul params x tokens (forward
+  + backward) plus attention's two L x L matmuls (12 x depth x L^2 x width per example);
+  remat's recomputation is not model FLOPs (MFU, as in PaLM)."""
+  patches = (size.image // size.patch) ** 2
+  vit = size.depth * (4 * size.width ** 2 + 2 * size.width * size.mlp)
+  txt = size.text_depth * (4 * size.text_width ** 2 + 2 * size.text_width * size.text_mlp)
+  dense = (vit * patches + 3 * size.patch ** 2 * size.width * patches
+           + txt * size.context + (size.width + size.text_width) * size.embed)
+  attn = (size.depth * patches ** 2 * size.width
+          + size.text_depth * size.context ** 2 * size.text_width)
+  return batch * (6 * dense + 12 * attn)
+
+
+def gpu_bench(size: Size, steps: int, dry: bool) -> list[dict]:
+  """ViT-B/16 two-tower at `size.batch` per device, bf16, remat none / full, cuDNN
+  attention where the platform has it. One row per variant."""
+  rows = []
+  n = jax.device_count()
+  kind = jax.devices()[0].device_kind
+  peak = peak_tflops(kind)
+  for remat in ("none", "full"):
+    config = xmodal_config(size, size.batch * n, "bfloat16", remat)
+    t0 = time.perf_counter()
+    runner = XmodalStep(config)
+    runner.run(1)
+    compile_s = time.perf_counter() - t0
+    runner.run(1 if dry else 3)
+    seconds = runner.run(steps)
+    rate = config.batch_size * steps / seconds
+    achieved = model_flops(size, config.batch_size) * steps / seconds / n / 1e12
+    rows.append({"remat": remat, "devices": n, "kind": kind, "compile_s": compile_s,
+                 "examples_per_s": rate, "per_device": rate / n, "tflops": achieved,
+                 "mfu": achieved / peak if peak else None,
+                 "attention": _attention_impl()})
+    print(f"  remat={remat}: {rate:.1f} examples/s, {achieved:.1f} TFLOP/s per device"
+          + (f", MFU {achieved / peak:.1%}" if peak else ""), flush=True)
+    del runner
+  return rows
+
+
+def _attention_impl() -> str:
+  from xmodal.models import layers
+  return layers.attention_implementation(jnp.bfloat16, 64)
+
+
+# ------------------------------------------------------------------------------- report
+
+def _conditions(threads: int) -> str:
+  try:
+    load = ", load average %.1f" % os.getloadavg()[0]
+  except OSError:
+    load = ""
+  import torch
+  return (f"{platform.machine()} CPU, {threads} of {os.cpu_count()} cores for each runtime "
+          f"(XLA by CPU affinity, torch.set_num_threads({threads})){load}; jax "
+          f"{jax.__version__}, torch {torch.__version__}, one CPU device, float32")
+
+
+def cpu_report(results: dict, breakdowns: dict, loop: dict | None, args) -> str:
+  lines = ["# Train-step speed: xmodal vs a plain Flax step vs transformers' CLIPModel (torch)",
+           "", f"`python tools/bench_step.py{' --short' if args.short else ''}`; "
+           f"{args.rounds} alternating rounds of {args.steps} steps per runtime; "
+           f"{_conditions(args.threads)}.", ""]
+  lines += ["| size | batch | xmodal ex/s | flax ex/s | torch ex/s | xmodal / torch | "
+            "xmodal / flax | CPU ms per example xmodal / flax / torch | "
+            "first step (compile) xmodal / flax / torch |",
+            "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+  for name, res in results.items():
+    med, ratio, first, cpu = res["median"], res["ratio"], res["first"], res["cpu_ms"]
+    fmt = lambda r: f"**{r[0]:.2f}x** ({r[1]:.2f}-{r[2]:.2f})"
+    lines.append(f"| {name} | {res['batch']} | {med['xmodal']:.1f} | {med['flax']:.1f} | "
+                 f"{med['torch']:.1f} | {fmt(ratio['torch'])} | {fmt(ratio['flax'])} | "
+                 f"{cpu['xmodal']:.0f} / {cpu['flax']:.0f} / {cpu['torch']:.0f} | "
+                 f"{first['xmodal']:.1f}s / {first['flax']:.1f}s / {first['torch']:.1f}s |")
+  lines += ["", "Ratios are medians of the per-round ratios (range in brackets); examples/s "
+            "are medians over rounds; CPU ms per example is process CPU time (all threads), "
+            "which machine load hardly moves (spin-waiting threads count too)."]
+  if breakdowns:
+    lines += ["", "## Where the time goes (tiny size, ms per step)", "",
+              "XLA op time from a `jax.profiler` trace (`--profile`), grouped by what each "
+              "op computes and by phase, scaled to the step's wall time.", ""]
+    keys = sorted({k for b in breakdowns.values() for k in b["ms"]})
+    names = list(breakdowns)
+    lines += ["| op kind | phase | " + " | ".join(names) + " |",
+              "|---|---|" + "---:|" * len(names)]
+    for k in keys:
+      lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(
+          f"{breakdowns[n]['ms'].get(k, 0.0):.0f}" for n in names) + " |")
+    lines.append("| **step wall time** | | " + " | ".join(
+        f"**{breakdowns[n]['wall_ms']:.0f}**" for n in names) + " |")
+  if loop:
+    lines += ["", "## The train loop: how long the device waits", "",
+              f"`xmodal train` on the embedded shapes data at the tiny size ({loop['steps']} "
+              "timed steps, evaluation and a checkpoint half way), under the profiler: "
+              f"the device runs no train step for **{loop['wait']:.1%}** of the wall time, "
+              f"**{loop['wait_without_eval_ckpt']:.1%}** outside the evaluation and "
+              f"checkpoint windows; median gap between steps {loop['median_gap_ms']:.1f} ms "
+              f"for a {loop['step_ms']:.0f} ms step."]
+  return "\n".join(lines) + "\n"
+
+
+def gpu_report(rows: list[dict], size_name: str, dry: bool) -> str:
+  lines = ["# GPU train step: ViT-B/16 two-tower, bf16" + (" (dry run on CPU)" if dry else ""),
+           "", f"`python tools/bench_step.py --gpu{' --dry' if dry else ''}` (size "
+           f"{size_name}, {rows[0]['devices']} x {rows[0]['kind']}, jax {jax.__version__}); "
+           f"attention: {rows[0]['attention']}. MFU = model FLOPs (6 x params x tokens + "
+           "attention, no remat recomputation) / bf16 peak.", "",
+           "| remat | examples/s | per device | TFLOP/s per device | MFU | compile (s) |",
+           "|---|---:|---:|---:|---:|---:|"]
+  for r in rows:
+    mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a (unknown peak)"
+    lines.append(f"| {r['remat']} | {r['examples_per_s']:.1f} | {r['per_device']:.1f} | "
+                 f"{r['tflops']:.1f} | {mfu} | {r['compile_s']:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------- main
+
+def _pin_threads(threads: int) -> None:
+  """Pins this process to `threads` cores before JAX creates its thread pool."""
+  cores = sorted(os.sched_getaffinity(0))
+  if threads < len(cores):
+    os.sched_setaffinity(0, cores[:threads])
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--sizes", default="tiny,s16", help="comma-separated: " + ",".join(SIZES))
+  ap.add_argument("--rounds", type=int, default=7)
+  ap.add_argument("--steps", type=int, default=5, help="steps per timing window")
+  ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+  ap.add_argument("--batch", type=int, default=0, help="override every size's batch")
+  ap.add_argument("--short", action="store_true", help="tiny only, 3 rounds of 3 steps")
+  ap.add_argument("--sections", default="time,profile,loop",
+                  help="time (alternating rounds), profile (tiny: op breakdown), loop "
+                       "(device wait in `xmodal train`)")
+  ap.add_argument("--gpu", action="store_true", help="the GPU benchmark (ViT-B/16, bf16)")
+  ap.add_argument("--dry", action="store_true", help="with --gpu: toy sizes, any backend")
+  ap.add_argument("--out", default="")
+  args = ap.parse_args(argv)
+  if args.gpu:
+    name = "toy" if args.dry else "b16"
+    print(f"GPU benchmark, size {name}, {jax.device_count()} x {jax.devices()[0].device_kind}",
+          flush=True)
+    rows = gpu_bench(SIZES[name], 2 if args.dry else 10, args.dry)
+    text = gpu_report(rows, name, args.dry)
+    out = args.out or ("" if args.dry else "docs/benchmarks/step_gpu.md")
+  else:
+    if args.short:
+      args.sizes, args.rounds, args.steps = "tiny", 3, 3
+    _pin_threads(args.threads)
+    sections = args.sections.split(",")
+    results, breakdowns, loop = {}, {}, None
+    for name in args.sizes.split(","):
+      size = SIZES[name]
+      batch = args.batch or size.batch
+      print(f"size {name}: building", flush=True)
+      runners = [XmodalStep(xmodal_config(size, batch)), FlaxStep(size, batch)]
+      if "time" in sections:
+        runners.append(TorchStep(size, batch, args.threads))
+        first = compile_and_time(runners)
+        results[name] = {**summarize(*alternate(runners, args.rounds, args.steps, batch)),
+                         "first": first, "batch": batch}
+      if "profile" in sections and name == "tiny":
+        for r in runners[:2]:
+          with tempfile.TemporaryDirectory() as d:
+            breakdowns[r.name] = profile(r, 2, d)
+          print(f"  {r.name} breakdown (ms/step): " + ", ".join(
+              f"{k[0]}/{k[1]} {v:.0f}" for k, v in sorted(breakdowns[r.name]["ms"].items())),
+              flush=True)
+      del runners
+    if "loop" in sections:
+      with tempfile.TemporaryDirectory() as work, tempfile.TemporaryDirectory() as logs:
+        loop = loop_wait(SIZES["tiny"], 24, work, logs)
+      print(f"  loop: {loop}", flush=True)
+    text = cpu_report(results, breakdowns, loop, args)
+    out = args.out or "docs/benchmarks/step.md"
+  print(text)
+  if out:
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
+      f.write(text)
+
+
+if __name__ == "__main__":
+  main()
