@@ -109,15 +109,20 @@ def xmodal_config(size: Size, batch: int, dtype: str = "float32", remat: str = "
 
 
 class XmodalStep:
-  """xmodal's train step as `xmodal train` builds it, on a resident random batch."""
-  name = "xmodal"
+  """xmodal's train step as `xmodal train` builds it, on a resident random batch.
 
-  def __init__(self, config, seed: int = 0):
+  before=True: the step as it was before the CPU Dense matmul (`layers.dense_dot_general`,
+  see docs/benchmarks/step.md): flax's own `lax.dot_general`, traced on the first call."""
+
+  def __init__(self, config, seed: int = 0, devices=None, before: bool = False):
     from xmodal import config as config_lib, losses, optim, parallel, sharding, train
     from xmodal.models import model as model_lib
-    config_lib.validate(config, jax.device_count())
+    self.name = "xmodal@before" if before else "xmodal"
+    self.before = before
+    devices = jax.devices() if devices is None else devices
+    config_lib.validate(config, len(devices))
     self.config = config
-    self.mesh = parallel.make_mesh(config)
+    self.mesh = parallel.make_mesh(config, devices)
     self.context = lambda: sharding.context(config, self.mesh)
     with self.context():
       model = model_lib.MultiTower(config)
@@ -134,6 +139,16 @@ class XmodalStep:
 
   def run(self, steps: int) -> float:
     """Runs `steps` steps; returns wall seconds until the last one finished."""
+    from xmodal.models import layers
+    dense = layers.dense_dot_general
+    if self.before:                        # only matters while the first call traces
+      layers.dense_dot_general = jax.lax.dot_general
+    try:
+      return self._run(steps)
+    finally:
+      layers.dense_dot_general = dense
+
+  def _run(self, steps: int) -> float:
     with self.context():
       t0 = time.perf_counter()
       for _ in range(steps):
@@ -378,62 +393,75 @@ def trace_events(logdir: str):
 
 
 def profile(runner, steps: int, logdir: str) -> dict:
-  """ms per step by (category, phase) for `runner`'s step, from a jax.profiler trace. Op
-  time is summed over XLA's threads, then scaled so that the total equals the wall time of
-  a step (the ops of one step run on several threads at once)."""
+  """ms per step by (op kind, phase) for `runner`'s step from a jax.profiler trace of `steps`
+  steps: each XLA op's fastest run over the traced steps (so that moments when the machine
+  is busy elsewhere drop out), summed by kind. On more than one thread, ops that run at
+  the same time add up, and ops XLA splits across threads count once."""
   hlo = _instructions(runner.compiled_text())
   runner.run(1)
   jax.profiler.start_trace(logdir)
   wall = runner.run(steps)
   jax.profiler.stop_trace()
-  by = collections.Counter()
-  module = None
+  fastest = {}
   for mod, op, _, start, end in trace_events(logdir):
     if "train_step" in mod or mod == "jit_step":
-      module = mod
-      by[(op_category(op, hlo), op_phase(op, hlo))] += (end - start) / 1e6
-  total = sum(by.values())
-  scale = wall * 1e3 / steps / total if total else 0.0
-  return {"wall_ms": wall * 1e3 / steps, "module": module,
-          "ms": {k: v * scale for k, v in by.items()}}
+      fastest[op] = min(fastest.get(op, math.inf), end - start)
+  by = collections.Counter()
+  for op, ns in fastest.items():
+    by[(op_category(op, hlo), op_phase(op, hlo))] += ns / 1e6
+  return {"wall_ms": wall * 1e3 / steps, "ops": len(fastest), "ms": dict(by)}
 
 
 # ------------------------------------------------------------------------------- train loop
 
-def loop_wait(size: Size, steps: int, workdir: str, logdir: str) -> dict:
-  """Runs `xmodal train` on the `shapes` data at `size` under the profiler; returns the
-  fraction of wall time (from the end of the first, compiling step to the end of the last)
-  in which no train-step program runs, with and without the evaluation and checkpoint
-  windows."""
-  from xmodal import train
+def loop_wait(size: Size, steps: int, workdir: str, logdir: str, prefetched: bool = True) -> dict:
+  """Runs `xmodal train` on the `shapes` data at `size` under the profiler (logs every
+  steps/4, evaluation and a checkpoint at steps/2) and measures, from the end of the first
+  (compiling) step to the end of the last, when no train step runs on the device: the
+  fraction of wall time overall and outside the evaluation + checkpoint gap, that gap
+  against the evaluation's own time, and the median gap after log steps and after the others.
+
+  prefetched=False: the loop as before `xmodal/prefetch.py` (each batch is put on the device
+  by the loop's thread when the step asks for it)."""
+  import json
+
+  from xmodal import prefetch, train
   config = xmodal_config(size, size.batch)
   config.train.total_steps = steps
   config.optim.warmup_steps = 1
   config.train.log_every = max(1, steps // 4)
-  config.train.eval_every = steps // 2
-  config.train.checkpoint_every = steps // 2
+  config.train.eval_every = config.train.checkpoint_every = half = steps // 2
   config.eval.batch_size = size.batch
   config.data.shapes_eval_size = 2 * size.batch
-  jax.profiler.start_trace(logdir)
-  train.train(config, workdir)
-  jax.profiler.stop_trace()
+  to_device = prefetch.to_device
+  if not prefetched:
+    prefetch.to_device = lambda ds, put, **_: ds.map(put)
+  try:
+    jax.profiler.start_trace(logdir)
+    train.train(config, workdir)
+    jax.profiler.stop_trace()
+  finally:
+    prefetch.to_device = to_device
   runs = collections.defaultdict(lambda: [math.inf, 0])
-  other = []
   for mod, _, run_id, start, end in trace_events(logdir):
     if "train_step" in mod:
       span = runs[run_id]
       span[0], span[1] = min(span[0], start), max(span[1], end)
-    else:
-      other.append((start, end))
-  spans = sorted(runs.values())[1:]            # the first call also compiles
-  window = spans[-1][1] - spans[0][0]
-  busy = sum(e - s for s, e in spans)
-  gaps = [b[0] - a[1] for a, b in zip(spans, spans[1:])]
-  big = sorted(gaps)[-2:] if len(gaps) > 4 else []     # the eval and checkpoint windows
-  return {"steps": len(spans), "wait": 1 - busy / window,
-          "wait_without_eval_ckpt": 1 - busy / (window - sum(big)),
-          "median_gap_ms": statistics.median(gaps) / 1e6 if gaps else 0.0,
-          "step_ms": statistics.median(e - s for s, e in spans) / 1e6}
+  spans = sorted(runs.values())       # spans[k] is step k + 1; step 1 also compiled
+  gaps = {k + 1: spans[k][0] - spans[k - 1][1] for k in range(2, len(spans))}   # after step k
+  window = spans[-1][1] - spans[1][0]
+  busy = sum(e - s for s, e in spans[1:])
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  eval_s = next(r["eval/time_s"] for r in rows if r.get("step") == half and "eval/time_s" in r)
+  log_steps = [k for k in gaps if k % config.train.log_every == 0 and k != half]
+  other = [g for k, g in gaps.items() if k not in log_steps and k != half]
+  return {"steps": len(spans) - 1, "wait": 1 - busy / window,
+          "wait_outside_eval": 1 - busy / (window - gaps[half]),
+          "eval_gap_s": gaps[half] / 1e9, "eval_s": eval_s,
+          "log_gap_ms": statistics.median(gaps[k] for k in log_steps) / 1e6,
+          "gap_ms": statistics.median(other) / 1e6,
+          "step_ms": statistics.median(e - s for s, e in spans[1:]) / 1e6}
 
 
 # ------------------------------------------------------------------------------- GPU
@@ -466,36 +494,72 @@ def model_flops(size: Size, batch: int) -> float:
   return batch * (6 * dense + 12 * attn)
 
 
-def gpu_bench(size: Size, steps: int, dry: bool) -> list[dict]:
-  """ViT-B/16 two-tower at `size.batch` per device, bf16, remat none / full, cuDNN
-  attention where the platform has it. One row per variant."""
-  rows = []
-  n = jax.device_count()
-  kind = jax.devices()[0].device_kind
+def gpu_bench(size: Size, steps: int, dry: bool) -> tuple[list[dict], dict]:
+  """The two-tower model at `size.batch` per device, bf16: remat none / full with the
+  attention `layers.attention` picks (cuDNN where it runs), and, where that is cuDNN, once
+  more with XLA's attention for comparison. Returns the rows and the cuDNN-vs-XLA check."""
+  from xmodal.models import layers
+  devices = jax.devices()[:1] if dry else jax.devices()   # dry: one device compiles faster
+  n = len(devices)
+  kind = devices[0].device_kind
   peak = peak_tflops(kind)
-  for remat in ("none", "full"):
+  auto = layers.attention_implementation(jnp.bfloat16, size.width // size.heads)
+  variants = [("none", auto), ("full", auto)] + ([("none", "xla")] if auto != "xla" else [])
+  rows = []
+  for remat, attn in variants:
     config = xmodal_config(size, size.batch * n, "bfloat16", remat)
-    t0 = time.perf_counter()
-    runner = XmodalStep(config)
-    runner.run(1)
-    compile_s = time.perf_counter() - t0
+    with _attention(layers, attn):
+      t0 = time.perf_counter()
+      runner = XmodalStep(config, devices=devices)
+      runner.run(1)
+      compile_s = time.perf_counter() - t0
     runner.run(1 if dry else 3)
     seconds = runner.run(steps)
     rate = config.batch_size * steps / seconds
     achieved = model_flops(size, config.batch_size) * steps / seconds / n / 1e12
-    rows.append({"remat": remat, "devices": n, "kind": kind, "compile_s": compile_s,
-                 "examples_per_s": rate, "per_device": rate / n, "tflops": achieved,
-                 "mfu": achieved / peak if peak else None,
-                 "attention": _attention_impl()})
-    print(f"  remat={remat}: {rate:.1f} examples/s, {achieved:.1f} TFLOP/s per device"
-          + (f", MFU {achieved / peak:.1%}" if peak else ""), flush=True)
+    rows.append({"remat": remat, "attention": attn, "devices": n, "kind": kind,
+                 "compile_s": compile_s, "examples_per_s": rate, "per_device": rate / n,
+                 "tflops": achieved, "mfu": achieved / peak if peak else None})
+    print(f"  remat={remat} attention={attn}: {rate:.1f} examples/s, {achieved:.1f} TFLOP/s "
+          "per device" + (f", MFU {achieved / peak:.1%}" if peak else ""), flush=True)
     del runner
-  return rows
+  return rows, attention_check(size, auto)
 
 
-def _attention_impl() -> str:
+@contextlib.contextmanager
+def _attention(layers, implementation: str):
+  """Within it, the towers trace attention with `implementation` (for the comparison row)."""
+  chosen = layers.attention_implementation
+  layers.attention_implementation = lambda *a, **k: (
+      "xla" if implementation == "xla" else chosen(*a, **k))
+  try:
+    yield
+  finally:
+    layers.attention_implementation = chosen
+
+
+def attention_check(size: Size, implementation: str) -> dict:
+  """Max |difference| of `layers.attention` (cuDNN where it runs) against XLA's attention,
+  outputs and input gradients, bf16, one device's worth of image tokens."""
   from xmodal.models import layers
-  return layers.attention_implementation(jnp.bfloat16, 64)
+  tokens, heads = (size.image // size.patch) ** 2, size.heads
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(min(size.batch, 32), tokens, heads,
+                                            size.width // heads)), jnp.bfloat16)
+             for _ in range(3))
+
+  def loss(fn, q, k, v):
+    return jnp.sum(fn(q, k, v).astype(jnp.float32) ** 2)
+
+  xla = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
+  out = [jax.jit(f)(q, k, v).astype(jnp.float32) for f in (layers.attention, xla)]
+  grads = [jax.jit(jax.grad(lambda *a, f=f: loss(f, *a), argnums=(0, 1, 2)))(q, k, v)
+           for f in (layers.attention, xla)]
+  return {"implementation": implementation,
+          "out": float(jnp.max(jnp.abs(out[0] - out[1]))),
+          "grad": max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
+                      for a, b in zip(*grads)),
+          "scale": float(jnp.max(jnp.abs(out[1])))}
 
 
 # ------------------------------------------------------------------------------- report
@@ -513,59 +577,84 @@ def _conditions(threads: int) -> str:
 
 def cpu_report(results: dict, breakdowns: dict, loop: dict | None, args) -> str:
   lines = ["# Train-step speed: xmodal vs a plain Flax step vs transformers' CLIPModel (torch)",
-           "", f"`python tools/bench_step.py{' --short' if args.short else ''}`; "
-           f"{args.rounds} alternating rounds of {args.steps} steps per runtime; "
+           "", f"`{' '.join(['python tools/bench_step.py', *args.argv])}`"
+           f"; {args.rounds} alternating rounds of {args.steps} steps per runtime; "
            f"{_conditions(args.threads)}.", ""]
-  lines += ["| size | batch | xmodal ex/s | flax ex/s | torch ex/s | xmodal / torch | "
-            "xmodal / flax | CPU ms per example xmodal / flax / torch | "
-            "first step (compile) xmodal / flax / torch |",
-            "|---|---:|---:|---:|---:|---:|---:|---|---|"]
-  for name, res in results.items():
-    med, ratio, first, cpu = res["median"], res["ratio"], res["first"], res["cpu_ms"]
+  names = ["xmodal", "xmodal@before", "flax", "torch"]
+  if results:
+    lines += ["| size | batch | " + " | ".join(f"{n} ex/s" for n in names) +
+              " | xmodal / torch | xmodal / flax | xmodal / before | CPU ms per example "
+              "(" + " / ".join(names) + ") | first step, s (" + " / ".join(names) + ") |",
+              "|---|---:|" + "---:|" * (len(names) + 3) + "---|---|"]
     fmt = lambda r: f"**{r[0]:.2f}x** ({r[1]:.2f}-{r[2]:.2f})"
-    lines.append(f"| {name} | {res['batch']} | {med['xmodal']:.1f} | {med['flax']:.1f} | "
-                 f"{med['torch']:.1f} | {fmt(ratio['torch'])} | {fmt(ratio['flax'])} | "
-                 f"{cpu['xmodal']:.0f} / {cpu['flax']:.0f} / {cpu['torch']:.0f} | "
-                 f"{first['xmodal']:.1f}s / {first['flax']:.1f}s / {first['torch']:.1f}s |")
-  lines += ["", "Ratios are medians of the per-round ratios (range in brackets); examples/s "
-            "are medians over rounds; CPU ms per example is process CPU time (all threads), "
-            "which machine load hardly moves (spin-waiting threads count too)."]
+    for name, res in results.items():
+      med, ratio, first, cpu = res["median"], res["ratio"], res["first"], res["cpu_ms"]
+      lines.append(
+          f"| {name} | {res['batch']} | " + " | ".join(f"{med[n]:.1f}" for n in names) +
+          f" | {fmt(ratio['torch'])} | {fmt(ratio['flax'])} | {fmt(ratio['xmodal@before'])} | "
+          + " / ".join(f"{cpu[n]:.0f}" for n in names) + " | "
+          + " / ".join(f"{first[n]:.0f}" for n in names) + " |")
+    lines += ["", "`xmodal@before` is the same step with the Dense layers' matmul as before this "
+              "benchmark's change (flax's `lax.dot_general`). Ratios are medians of the "
+              "per-round ratios (range in brackets); examples/s are medians over rounds; CPU ms "
+              "per example is the process's CPU time over all its threads, which the machine's "
+              "load hardly moves (threads spinning while they wait count too). First step: "
+              "trace + compile + one step (torch: its first eager step)."]
   if breakdowns:
+    cols = list(breakdowns)
     lines += ["", "## Where the time goes (tiny size, ms per step)", "",
-              "XLA op time from a `jax.profiler` trace (`--profile`), grouped by what each "
-              "op computes and by phase, scaled to the step's wall time.", ""]
-    keys = sorted({k for b in breakdowns.values() for k in b["ms"]})
-    names = list(breakdowns)
-    lines += ["| op kind | phase | " + " | ".join(names) + " |",
-              "|---|---|" + "---:|" * len(names)]
+              "From a `jax.profiler` trace of 3 steps: each XLA op's fastest run of the three "
+              "(machine load drops out), summed by what the op computes (its HLO opcodes) and "
+              "by phase (its jax name stack: forward, backward, or the optimizer and the rest).",
+              "", "| op kind | phase | " + " | ".join(cols) + " |",
+              "|---|---|" + "---:|" * len(cols)]
+    keys = sorted({k for b in breakdowns.values() for k in b["ms"]},
+                  key=lambda k: -breakdowns[cols[0]]["ms"].get(k, 0.0))
     for k in keys:
       lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(
-          f"{breakdowns[n]['ms'].get(k, 0.0):.0f}" for n in names) + " |")
-    lines.append("| **step wall time** | | " + " | ".join(
-        f"**{breakdowns[n]['wall_ms']:.0f}**" for n in names) + " |")
+          f"{breakdowns[c]['ms'].get(k, 0.0):.0f}" for c in cols) + " |")
+    lines.append("| **sum of ops** | | " + " | ".join(
+        f"**{sum(breakdowns[c]['ms'].values()):.0f}**" for c in cols) + " |")
+    lines.append("| step wall time (traced) | | " + " | ".join(
+        f"{breakdowns[c]['wall_ms']:.0f}" for c in cols) + " |")
   if loop:
     lines += ["", "## The train loop: how long the device waits", "",
-              f"`xmodal train` on the embedded shapes data at the tiny size ({loop['steps']} "
-              "timed steps, evaluation and a checkpoint half way), under the profiler: "
-              f"the device runs no train step for **{loop['wait']:.1%}** of the wall time, "
-              f"**{loop['wait_without_eval_ckpt']:.1%}** outside the evaluation and "
-              f"checkpoint windows; median gap between steps {loop['median_gap_ms']:.1f} ms "
-              f"for a {loop['step_ms']:.0f} ms step."]
+              f"`xmodal train` on the embedded shapes data at the tiny size "
+              f"({loop[True]['steps']} timed steps; logs every 6, evaluation and a checkpoint "
+              "after step 12) under the profiler: the time no train step runs on the device, "
+              "from the end of the first (compiling) step to the end of the last. *Before*: "
+              "each batch put on the device by the loop's thread when the step asks for it "
+              "(`prefetch.to_device` replaced by a plain map); *prefetch*: `xmodal/prefetch.py`.",
+              "", "| loop | device waits (all) | outside evaluation + checkpoint | "
+              "evaluation + checkpoint gap / evaluation alone | median gap after a log step | "
+              "median gap after other steps | step |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for key, label in ((False, "before"), (True, "prefetch")):
+      r = loop[key]
+      lines.append(f"| {label} | {r['wait']:.1%} | {r['wait_outside_eval']:.2%} | "
+                   f"{r['eval_gap_s']:.1f} s / {r['eval_s']:.1f} s | {r['log_gap_ms']:.0f} ms "
+                   f"| {r['gap_ms']:.0f} ms | {r['step_ms']:.0f} ms |")
   return "\n".join(lines) + "\n"
 
 
-def gpu_report(rows: list[dict], size_name: str, dry: bool) -> str:
-  lines = ["# GPU train step: ViT-B/16 two-tower, bf16" + (" (dry run on CPU)" if dry else ""),
-           "", f"`python tools/bench_step.py --gpu{' --dry' if dry else ''}` (size "
-           f"{size_name}, {rows[0]['devices']} x {rows[0]['kind']}, jax {jax.__version__}); "
-           f"attention: {rows[0]['attention']}. MFU = model FLOPs (6 x params x tokens + "
-           "attention, no remat recomputation) / bf16 peak.", "",
-           "| remat | examples/s | per device | TFLOP/s per device | MFU | compile (s) |",
-           "|---|---:|---:|---:|---:|---:|"]
+def gpu_report(rows: list[dict], check: dict, size_name: str, dry: bool) -> str:
+  size = SIZES[size_name]
+  lines = [f"# GPU train step: two-tower ({size_name}), bf16" + (
+               " (dry run: the script's path on this backend, toy sizes)" if dry else ""), "",
+           f"`python tools/bench_step.py --gpu{' --dry' if dry else ''}` on {rows[0]['devices']} "
+           f"x {rows[0]['kind']} (jax {jax.__version__}): image {size.image} px / patch "
+           f"{size.patch}, width {size.width}, depth {size.depth}; text {size.context} tokens, "
+           f"width {size.text_width}, depth {size.text_depth}; batch {size.batch} per device. "
+           "MFU = model FLOPs (6 x matmul params x tokens + attention; remat's recomputation "
+           "not counted) / dense bf16 peak of the device kind.", "",
+           "| remat | attention | examples/s | per device | TFLOP/s per device | MFU | "
+           "compile (s) |", "|---|---|---:|---:|---:|---:|---:|"]
   for r in rows:
     mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a (unknown peak)"
-    lines.append(f"| {r['remat']} | {r['examples_per_s']:.1f} | {r['per_device']:.1f} | "
-                 f"{r['tflops']:.1f} | {mfu} | {r['compile_s']:.1f} |")
+    lines.append(f"| {r['remat']} | {r['attention']} | {r['examples_per_s']:.1f} | "
+                 f"{r['per_device']:.1f} | {r['tflops']:.1f} | {mfu} | {r['compile_s']:.1f} |")
+  lines += ["", f"Attention check ({check['implementation']} against XLA, bf16): max |output "
+            f"difference| {check['out']:.3g} (outputs up to {check['scale']:.3g}), max |input "
+            f"gradient difference| {check['grad']:.3g}."]
   return "\n".join(lines) + "\n"
 
 
@@ -593,12 +682,13 @@ def main(argv=None):
   ap.add_argument("--dry", action="store_true", help="with --gpu: toy sizes, any backend")
   ap.add_argument("--out", default="")
   args = ap.parse_args(argv)
+  args.argv = list(sys.argv[1:] if argv is None else argv)
   if args.gpu:
     name = "toy" if args.dry else "b16"
-    print(f"GPU benchmark, size {name}, {jax.device_count()} x {jax.devices()[0].device_kind}",
-          flush=True)
-    rows = gpu_bench(SIZES[name], 2 if args.dry else 10, args.dry)
-    text = gpu_report(rows, name, args.dry)
+    print(f"GPU benchmark, size {name}, {1 if args.dry else jax.device_count()} x "
+          f"{jax.devices()[0].device_kind}", flush=True)
+    rows, check = gpu_bench(SIZES[name], 2 if args.dry else 10, args.dry)
+    text = gpu_report(rows, check, name, args.dry)
     out = args.out or ("" if args.dry else "docs/benchmarks/step_gpu.md")
   else:
     if args.short:
@@ -610,24 +700,27 @@ def main(argv=None):
       size = SIZES[name]
       batch = args.batch or size.batch
       print(f"size {name}: building", flush=True)
-      runners = [XmodalStep(xmodal_config(size, batch)), FlaxStep(size, batch)]
+      runners = [XmodalStep(xmodal_config(size, batch)),
+                 XmodalStep(xmodal_config(size, batch), before=True), FlaxStep(size, batch)]
       if "time" in sections:
         runners.append(TorchStep(size, batch, args.threads))
         first = compile_and_time(runners)
         results[name] = {**summarize(*alternate(runners, args.rounds, args.steps, batch)),
                          "first": first, "batch": batch}
       if "profile" in sections and name == "tiny":
-        for r in runners[:2]:
+        for r in runners[:3]:
           with tempfile.TemporaryDirectory() as d:
-            breakdowns[r.name] = profile(r, 2, d)
+            breakdowns[r.name] = profile(r, 3, d)
           print(f"  {r.name} breakdown (ms/step): " + ", ".join(
               f"{k[0]}/{k[1]} {v:.0f}" for k, v in sorted(breakdowns[r.name]["ms"].items())),
               flush=True)
       del runners
     if "loop" in sections:
-      with tempfile.TemporaryDirectory() as work, tempfile.TemporaryDirectory() as logs:
-        loop = loop_wait(SIZES["tiny"], 24, work, logs)
-      print(f"  loop: {loop}", flush=True)
+      loop = {}
+      for prefetched in (False, True):
+        with tempfile.TemporaryDirectory() as work, tempfile.TemporaryDirectory() as logs:
+          loop[prefetched] = loop_wait(SIZES["tiny"], 24, work, logs, prefetched)
+        print(f"  loop (prefetch={prefetched}): {loop[prefetched]}", flush=True)
     text = cpu_report(results, breakdowns, loop, args)
     out = args.out or "docs/benchmarks/step.md"
   print(text)
