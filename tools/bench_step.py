@@ -1,31 +1,37 @@
 """Benchmark: xmodal's train step against a plain Flax two-tower step and Hugging Face
-`transformers`' `CLIPModel` on CPU torch, and the same step on GPU (`--gpu`).
+`transformers`' `CLIPModel` on CPU torch; and the same step on GPU (`--gpu`).
 
-CPU (the default): three train steps of the same shapes (image tower, text tower, linear heads,
-symmetric softmax loss, AdamW, float32, one CPU device), timed in alternating rounds in one
-process so that machine load hits all three alike:
+CPU (the default), sections chosen by `--sections`:
 
-  xmodal  the step `xmodal train` runs: `train.jit_train_step` over the real model, optimizer,
-          objective (loss.impl="gathered": shard_map over the mesh) and state shardings.
-  flax    a minimal hand-written Flax step (`nn.MultiHeadDotProductAttention`, `optax.adamw`).
-  torch   `transformers.CLIPModel` in train mode, `loss.backward()`, `torch.optim.AdamW`.
+  time     four train steps of the same shapes (image tower, text tower, linear heads,
+           symmetric softmax loss, AdamW, float32, one CPU device) timed in alternating rounds
+           in one process, so that machine load hits all of them alike:
+             xmodal         the step `xmodal train` runs (`train.jit_train_step`: the real
+                            model, optimizer, objective with its shard_map, state shardings);
+             xmodal@before  the same with the Dense matmul as before this tool's change;
+             flax           a minimal Flax step (`nn.MultiHeadDotProductAttention`, optax);
+             torch          `transformers.CLIPModel`, `loss.backward()`, `torch.optim.AdamW`.
+           examples/s, xmodal's ratio to each (median of per-round ratios), CPU time per
+           example, and the first call (trace + compile + one step).
+  costs    XLA's cost analysis of the compiled steps (FLOPs, bytes, ops), and the Dense kernel
+           gradient's two product forms timed alone.
+  profile  where the time goes: a `jax.profiler` trace, each op's fastest run, by op kind and
+           phase (forward / backward / optimizer), for xmodal, xmodal@before and flax.
+  loop     `xmodal train` itself (input pipeline, logging, evaluation, checkpoint) under the
+           profiler, with and without `xmodal/prefetch.py`: how long the device waits.
 
-Reported: examples/s (median over rounds), xmodal's ratio to each peer (median of the per-round
-ratios), compile time (the first call: trace + compile + one step; torch: its first step).
-`--profile` adds where the time goes: a `jax.profiler` trace of a few xmodal and flax steps,
-XLA's per-op time grouped by what the op computes. `--loop` runs the real `xmodal train` loop
-(input pipeline, prefetch, logging, evaluation, checkpoints) under the profiler and reports the
-fraction of wall time the device waits (no train-step program running).
-
-Threads: both runtimes get the same cores. XLA's CPU thread pool sizes itself from the
+Threads: every runtime gets the same cores. XLA's CPU thread pool sizes itself from the
 process's CPU affinity, so `--threads N` pins the process to N cores (sched_setaffinity,
-before JAX starts) and sets `torch.set_num_threads(N)`; the default is every core.
+before JAX starts its backend) and sets `torch.set_num_threads(N)`; default: every core.
 
-    python tools/bench_step.py                    # tiny + S/16 sizes, breakdown, loop; writes
-                                                  # docs/benchmarks/step.md
-    python tools/bench_step.py --short            # tiny size only, 3 rounds (a few minutes)
-    python tools/bench_step.py --gpu              # ViT-B/16 two-tower, bf16, +-remat: examples/s, MFU
-    python tools/bench_step.py --gpu --dry        # the GPU script at toy sizes on CPU (seconds)
+    python tools/bench_step.py                  # tiny + ViT-S/16 sizes, every section; writes
+                                                # docs/benchmarks/step.md (long on 2 cores)
+    python tools/bench_step.py --short          # tiny size, 3 rounds, every section
+    python tools/bench_step.py --short --sections time   # the speed table alone
+    python tools/bench_step.py --gpu            # ViT-B/16 two-tower, batch 256 per device, bf16,
+                                                # remat none / full, cuDNN vs XLA attention:
+                                                # examples/s and MFU -> docs/benchmarks/step_gpu.md
+    python tools/bench_step.py --gpu --dry      # the GPU script's path at toy sizes, any backend
 """
 
 import argparse
@@ -156,9 +162,20 @@ class XmodalStep:
       jax.block_until_ready((self.state, metrics))
       return time.perf_counter() - t0
 
+  def compiled(self):
+    """The compiled step (as the first call traced it: `before` included)."""
+    from xmodal.models import layers
+    dense = layers.dense_dot_general
+    if self.before:
+      layers.dense_dot_general = jax.lax.dot_general
+    try:
+      with self.context():
+        return self.step.lower(self.state, self.batch).compile()
+    finally:
+      layers.dense_dot_general = dense
+
   def compiled_text(self) -> str:
-    with self.context():
-      return self.step.lower(self.state, self.batch).compile().as_text()
+    return self.compiled().as_text()
 
 
 def _size_of(config) -> Size:
@@ -244,8 +261,11 @@ class FlaxStep:
     jax.block_until_ready((self.state, loss))
     return time.perf_counter() - t0
 
+  def compiled(self):
+    return self.step.lower(self.state, *self.batch).compile()
+
   def compiled_text(self) -> str:
-    return self.step.lower(self.state, *self.batch).compile().as_text()
+    return self.compiled().as_text()
 
 
 # ------------------------------------------------------------------------------- torch
@@ -327,6 +347,58 @@ def summarize(rates: dict, cpu: dict) -> dict:
   return out
 
 
+# ------------------------------------------------------------------------------- costs
+
+def compiled_costs(size: Size, batch: int, runners) -> dict:
+  """{variant: (GFLOP, GB accessed, ops in the entry computation)} from XLA's cost analysis
+  of the compiled step: xmodal, xmodal@before, flax, and xmodal with `loss.impl="dense"`
+  (no shard_map, no collectives: what the objective's machinery costs on one device)."""
+  variants = {r.name: r for r in runners if r.name != "torch"}
+  config = xmodal_config(size, batch)
+  config.loss.impl = "dense"
+  variants["xmodal, loss.impl=dense"] = XmodalStep(config)
+  out = {}
+  for name, r in variants.items():
+    compiled = r.compiled()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    text = compiled.as_text()
+    entry = text[text.index("\nENTRY"):]
+    ops = len(re.findall(r"^\s+(?:ROOT )?%\S+ = ", entry, re.M))
+    out[name] = (cost["flops"] / 1e9, cost["bytes accessed"] / 1e9, ops)
+    print(f"  {name}: {out[name][0]:.0f} GFLOP, {out[name][1]:.1f} GB accessed, {ops} ops",
+          flush=True)
+  return out
+
+
+KERNEL_FORMS = {   # the kernel gradient dk [K, N] of y = x [M, K] . k [K, N], from g [M, N]
+    "x^T g (rows contracted; the fast path)": lambda x, g, gt: jax.lax.dot_general(
+        x, g, (((0,), (0,)), ((), ()))),
+    "x^T (g^T)^T (XLA's form from autodiff)": lambda x, g, gt: jax.lax.dot_general(
+        x, gt, (((0,), (1,)), ((), ()))),
+}
+
+
+def kernel_forms(m: int, shapes, repeats: int = 5) -> dict:
+  """{(form, K, N): GFLOP per CPU-second} of the kernel-gradient product in the form the
+  fast path states it and in the form XLA builds from autodiff's transpose rule (g^T given,
+  as XLA materialises it)."""
+  rng = np.random.default_rng(0)
+  out = {}
+  for k, n in shapes:
+    x = jnp.asarray(rng.random((m, k), np.float32))
+    g = jnp.asarray(rng.random((m, n), np.float32))
+    gt = jnp.asarray(np.asarray(g).T.copy())
+    for form, fn in KERNEL_FORMS.items():
+      f = jax.jit(fn)
+      f(x, g, gt).block_until_ready()
+      c0 = time.process_time()
+      for _ in range(repeats):
+        f(x, g, gt).block_until_ready()
+      out[(form, k, n)] = 2 * m * k * n * repeats / (time.process_time() - c0) / 1e9
+  return out
+
+
 # ------------------------------------------------------------------------------- profile
 
 def _instructions(hlo_text: str) -> dict:
@@ -354,8 +426,10 @@ def op_category(name: str, hlo: dict) -> str:
   gather/scatter, elementwise, ..."""
   opcode, calls, _ = hlo["instrs"].get(name, ("?", "", ""))
   ops = set(hlo["comps"].get(calls, [])) if calls else {opcode}
+  if opcode == "dot":
+    return "matmul: XLA dot (Eigen)"
   if ops & {"dot", "convolution"}:
-    return "matmul / conv"
+    return "matmul: fusion (YNNPACK on CPU)"
   if ops & {"scatter", "gather", "dynamic-slice", "dynamic-update-slice"}:
     return "gather / scatter / dynamic slice"
   if ops & {"reduce", "reduce-window"}:
@@ -575,55 +649,84 @@ def _conditions(threads: int) -> str:
           f"{jax.__version__}, torch {torch.__version__}, one CPU device, float32")
 
 
-def cpu_report(results: dict, breakdowns: dict, loop: dict | None, args) -> str:
-  lines = ["# Train-step speed: xmodal vs a plain Flax step vs transformers' CLIPModel (torch)",
-           "", f"`{' '.join(['python tools/bench_step.py', *args.argv])}`"
-           f"; {args.rounds} alternating rounds of {args.steps} steps per runtime; "
-           f"{_conditions(args.threads)}.", ""]
+def cpu_report(results: dict, breakdowns: dict, loop: dict | None, costs: dict | None,
+               args) -> str:
+  command = " ".join(["python tools/bench_step.py", *args.argv])
+  lines = ["# Train-step speed on CPU: xmodal vs a plain Flax step vs transformers' CLIPModel",
+           "", f"`{command}`: {_conditions(args.threads)}. Sizes: " + "; ".join(
+               f"**{n}** image {SIZES[n].image} px / patch {SIZES[n].patch}, width "
+               f"{SIZES[n].width}, {SIZES[n].depth} layers, {SIZES[n].heads} heads, MLP "
+               f"{SIZES[n].mlp}; text {SIZES[n].context} tokens, vocab {SIZES[n].vocab}, width "
+               f"{SIZES[n].text_width}, {SIZES[n].text_depth} layers; embedding {SIZES[n].embed}"
+               for n in (results or {"tiny": 0})) + ". AdamW, float32, one CPU device.", ""]
   names = ["xmodal", "xmodal@before", "flax", "torch"]
   if results:
-    lines += ["| size | batch | " + " | ".join(f"{n} ex/s" for n in names) +
-              " | xmodal / torch | xmodal / flax | xmodal / before | CPU ms per example "
+    lines += ["| size | batch | rounds x steps | " + " | ".join(f"{n} ex/s" for n in names) +
+              " | xmodal / torch | xmodal / flax | xmodal / xmodal@before | CPU ms per example "
               "(" + " / ".join(names) + ") | first step, s (" + " / ".join(names) + ") |",
-              "|---|---:|" + "---:|" * (len(names) + 3) + "---|---|"]
+              "|---|---:|---:|" + "---:|" * (len(names) + 3) + "---|---|"]
     fmt = lambda r: f"**{r[0]:.2f}x** ({r[1]:.2f}-{r[2]:.2f})"
     for name, res in results.items():
       med, ratio, first, cpu = res["median"], res["ratio"], res["first"], res["cpu_ms"]
       lines.append(
-          f"| {name} | {res['batch']} | " + " | ".join(f"{med[n]:.1f}" for n in names) +
+          f"| {name} | {res['batch']} | {args.rounds} x {res['steps']} | "
+          + " | ".join(f"{med[n]:.1f}" for n in names) +
           f" | {fmt(ratio['torch'])} | {fmt(ratio['flax'])} | {fmt(ratio['xmodal@before'])} | "
           + " / ".join(f"{cpu[n]:.0f}" for n in names) + " | "
           + " / ".join(f"{first[n]:.0f}" for n in names) + " |")
-    lines += ["", "`xmodal@before` is the same step with the Dense layers' matmul as before this "
-              "benchmark's change (flax's `lax.dot_general`). Ratios are medians of the "
-              "per-round ratios (range in brackets); examples/s are medians over rounds; CPU ms "
-              "per example is the process's CPU time over all its threads, which the machine's "
-              "load hardly moves (threads spinning while they wait count too). First step: "
-              "trace + compile + one step (torch: its first eager step)."]
+    lines += ["", "The four steps run in turn, one timing window each per round, the order "
+              "rotating every round. `xmodal` is the step `xmodal train` runs "
+              "(`train.jit_train_step`); `xmodal@before` the same step with the Dense layers' "
+              "matmul as before this benchmark's change (flax's `lax.dot_general`); `flax` a "
+              "minimal Flax two-tower step written in the tool; `torch` `transformers`' "
+              "`CLIPModel` (same widths, depths, heads, tanh GELU; it adds a class token) with "
+              "`torch.optim.AdamW`. Ratios: median of the per-round ratios (range in "
+              "brackets); examples/s: medians over rounds; CPU ms per example: the process's "
+              "CPU time over all its threads (threads spinning while they wait count too), "
+              "which the machine's load moves far less than wall time. First step: trace + "
+              "compile + one step (torch: its first eager step)."]
+  if costs:
+    first = args.sizes.split(",")[0]
+    lines += ["", f"## The compiled step ({first} size)", "",
+              "XLA's cost analysis of each compiled step (deterministic, load-free):", "",
+              "| step | GFLOP | GB accessed | ops in the program |", "|---|---:|---:|---:|"]
+    for name, (flops, gb, ops) in costs["step"].items():
+      lines.append(f"| {name} | {flops:.0f} | {gb:.1f} | {ops} |")
+    shapes = sorted({(k, n) for _, k, n in costs["kernel"]})
+    m = costs["m"]
+    lines += ["", f"The kernel gradient of a Dense layer alone, M = {m} image tokens, GFLOP per "
+              "CPU-second (`lax.dot_general` on XLA:CPU):", "",
+              "| form | " + " | ".join(f"K={k}, N={n}" for k, n in shapes) + " |",
+              "|---|" + "---:|" * len(shapes)]
+    for form in KERNEL_FORMS:
+      lines.append(f"| {form} | " + " | ".join(
+          f"{costs['kernel'][(form, k, n)]:.0f}" for k, n in shapes) + " |")
   if breakdowns:
     cols = list(breakdowns)
-    lines += ["", "## Where the time goes (tiny size, ms per step)", "",
+    lines += ["", f"## Where the time goes ({args.sizes.split(',')[0]} size, ms per step)", "",
               "From a `jax.profiler` trace of 3 steps: each XLA op's fastest run of the three "
               "(machine load drops out), summed by what the op computes (its HLO opcodes) and "
-              "by phase (its jax name stack: forward, backward, or the optimizer and the rest).",
-              "", "| op kind | phase | " + " | ".join(cols) + " |",
+              "by phase (its jax name stack: forward, backward, or the optimizer and the "
+              "rest). With several threads, ops that run at the same time both count.", "",
+              "| op kind | phase | " + " | ".join(cols) + " |",
               "|---|---|" + "---:|" * len(cols)]
     keys = sorted({k for b in breakdowns.values() for k in b["ms"]},
-                  key=lambda k: -breakdowns[cols[0]]["ms"].get(k, 0.0))
+                  key=lambda k: -max(b["ms"].get(k, 0.0) for b in breakdowns.values()))
     for k in keys:
-      lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(
-          f"{breakdowns[c]['ms'].get(k, 0.0):.0f}" for c in cols) + " |")
+      if max(b["ms"].get(k, 0.0) for b in breakdowns.values()) >= 0.5:
+        lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(
+            f"{breakdowns[c]['ms'].get(k, 0.0):.0f}" for c in cols) + " |")
     lines.append("| **sum of ops** | | " + " | ".join(
         f"**{sum(breakdowns[c]['ms'].values()):.0f}**" for c in cols) + " |")
-    lines.append("| step wall time (traced) | | " + " | ".join(
+    lines.append("| step wall time while traced | | " + " | ".join(
         f"{breakdowns[c]['wall_ms']:.0f}" for c in cols) + " |")
   if loop:
     lines += ["", "## The train loop: how long the device waits", "",
               f"`xmodal train` on the embedded shapes data at the tiny size "
               f"({loop[True]['steps']} timed steps; logs every 6, evaluation and a checkpoint "
               "after step 12) under the profiler: the time no train step runs on the device, "
-              "from the end of the first (compiling) step to the end of the last. *Before*: "
-              "each batch put on the device by the loop's thread when the step asks for it "
+              "from the end of the first (compiling) step to the end of the last. *before*: "
+              "each batch is put on the device by the loop's thread when the step asks for it "
               "(`prefetch.to_device` replaced by a plain map); *prefetch*: `xmodal/prefetch.py`.",
               "", "| loop | device waits (all) | outside evaluation + checkpoint | "
               "evaluation + checkpoint gap / evaluation alone | median gap after a log step | "
@@ -633,7 +736,36 @@ def cpu_report(results: dict, breakdowns: dict, loop: dict | None, args) -> str:
       lines.append(f"| {label} | {r['wait']:.1%} | {r['wait_outside_eval']:.2%} | "
                    f"{r['eval_gap_s']:.1f} s / {r['eval_s']:.1f} s | {r['log_gap_ms']:.0f} ms "
                    f"| {r['gap_ms']:.0f} ms | {r['step_ms']:.0f} ms |")
+  lines += ["", NOTES]
   return "\n".join(lines) + "\n"
+
+
+NOTES = """## What each change bought, and what was measured and left alone
+
+- **Dense kernel gradient on CPU** (`layers.dense_dot_general`, the only change to the step).
+  From autodiff's transpose rule XLA:CPU copies each Dense layer's output gradient transposed
+  and computes the kernel gradient as a doubly transposed Eigen matmul, the slow form of the
+  kernel table. Stating the kernel gradient as one 2-D product over the flattened rows in a
+  `custom_vjp` (when K > N as its transpose, so the wide side is the output's rows) removes
+  the copies and the slow form: the `xmodal / xmodal@before` column, the bytes of the cost
+  table, and the Eigen backward rows of the breakdown.
+  Same math: values and gradients agree to float32 rounding (tests/test_layers.py, also a
+  whole train step). Used on CPU only.
+- **Prefetch to the device** (`xmodal/prefetch.py`, two lines in `train.py`): the loop table.
+  On a CPU-only machine the host and the "device" share the cores, so the input pipeline's
+  work is not free even when it overlaps; on GPUs the transfer and the host work leave the
+  step's critical path.
+- **Measured, bought nothing, left as is**: the objective's `shard_map` and collectives on a
+  one-device mesh (`loss.impl="dense"` row of the cost table: the same bytes, a few more ops),
+  the sharding constraints (no-ops on one device), gradient clipping and the weight-decay
+  mask (under 1% of bytes), splitting q/k/v with `jnp.split` or an einsum attention in
+  another layout (within 1% of CPU time), and XLA:CPU flags (`--xla_cpu_use_onednn`,
+  `--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_RUNTIME`: no gain; disabling YNNPACK fusions:
+  20-30% slower). fp32 matmuls are full precision on CPU (no TF32 there); remat and scan
+  are off by default (`none`, `False`).
+- **Metrics** are fetched only at log steps (one `device_get` of the steps since the last
+  log); evaluation and checkpoints stall the loop for their own time (the gap column), with
+  the prefetch threads filling meanwhile; checkpoints are written asynchronously."""
 
 
 def gpu_report(rows: list[dict], check: dict, size_name: str, dry: bool) -> str:
@@ -670,14 +802,16 @@ def _pin_threads(threads: int) -> None:
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--sizes", default="tiny,s16", help="comma-separated: " + ",".join(SIZES))
-  ap.add_argument("--rounds", type=int, default=7)
-  ap.add_argument("--steps", type=int, default=5, help="steps per timing window")
+  ap.add_argument("--rounds", type=int, default=5)
+  ap.add_argument("--steps", type=int, default=0,
+                  help="steps per timing window; 0: as many as take ~10 s (1 to 5)")
   ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
   ap.add_argument("--batch", type=int, default=0, help="override every size's batch")
   ap.add_argument("--short", action="store_true", help="tiny only, 3 rounds of 3 steps")
-  ap.add_argument("--sections", default="time,profile,loop",
-                  help="time (alternating rounds), profile (tiny: op breakdown), loop "
-                       "(device wait in `xmodal train`)")
+  ap.add_argument("--sections", default="time,costs,profile,loop",
+                  help="time (alternating rounds), costs (tiny: XLA cost analysis of step "
+                       "variants), profile (tiny: op breakdown), loop (device wait in "
+                       "`xmodal train`)")
   ap.add_argument("--gpu", action="store_true", help="the GPU benchmark (ViT-B/16, bf16)")
   ap.add_argument("--dry", action="store_true", help="with --gpu: toy sizes, any backend")
   ap.add_argument("--out", default="")
@@ -692,10 +826,10 @@ def main(argv=None):
     out = args.out or ("" if args.dry else "docs/benchmarks/step_gpu.md")
   else:
     if args.short:
-      args.sizes, args.rounds, args.steps = "tiny", 3, 3
+      args.sizes, args.rounds = "tiny", 3
     _pin_threads(args.threads)
     sections = args.sections.split(",")
-    results, breakdowns, loop = {}, {}, None
+    results, breakdowns, loop, costs = {}, {}, None, None
     for name in args.sizes.split(","):
       size = SIZES[name]
       batch = args.batch or size.batch
@@ -705,9 +839,16 @@ def main(argv=None):
       if "time" in sections:
         runners.append(TorchStep(size, batch, args.threads))
         first = compile_and_time(runners)
-        results[name] = {**summarize(*alternate(runners, args.rounds, args.steps, batch)),
-                         "first": first, "batch": batch}
-      if "profile" in sections and name == "tiny":
+        steps = args.steps or max(1, min(5, round(10.0 / runners[0].run(1))))  # ~10 s windows
+        results[name] = {**summarize(*alternate(runners, args.rounds, steps, batch)),
+                         "first": first, "batch": batch, "steps": steps}
+      if "costs" in sections and name == args.sizes.split(",")[0]:
+        tokens = batch * (size.image // size.patch) ** 2
+        costs = {"step": compiled_costs(size, batch, runners), "m": tokens,
+                 "kernel": kernel_forms(tokens,
+                                        [(size.width, 3 * size.width), (size.width, size.mlp),
+                                         (size.mlp, size.width)])}
+      if "profile" in sections and name == args.sizes.split(",")[0]:
         for r in runners[:3]:
           with tempfile.TemporaryDirectory() as d:
             breakdowns[r.name] = profile(r, 3, d)
@@ -721,7 +862,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as work, tempfile.TemporaryDirectory() as logs:
           loop[prefetched] = loop_wait(SIZES["tiny"], 24, work, logs, prefetched)
         print(f"  loop (prefetch={prefetched}): {loop[prefetched]}", flush=True)
-    text = cpu_report(results, breakdowns, loop, args)
+    text = cpu_report(results, breakdowns, loop, costs, args)
     out = args.out or "docs/benchmarks/step.md"
   print(text)
   if out:

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 
@@ -42,10 +43,15 @@ ACTIVATIONS = {
     "relu": nn.relu,
 }
 
+DENSE_OUTPUT = "dense_output"   # checkpoint name of the CPU fast path's Dense outputs
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # a custom_vjp hides its dot_general from the dots policy: its outputs are saved by name
+    "dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(DENSE_OUTPUT)),
 }
 
 
@@ -89,7 +95,7 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
       or rhs.ndim != 2 or tuple(lhs_c) != (lhs.ndim - 1,) or tuple(rhs_c) != (0,)):
     return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                            preferred_element_type=preferred_element_type)
-  return _dense_matmul(lhs, rhs, precision)
+  return checkpoint_name(_dense_matmul(lhs, rhs, precision), DENSE_OUTPUT)
 
 
 def dense(features: int, axes: tuple[str, str], dtype, name: str, use_bias: bool = True):
