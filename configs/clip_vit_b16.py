@@ -13,9 +13,9 @@ Command:
       --config.data.eval_manifest=data/val.jsonl
   Starting from OpenAI weights: convert them first
       python tools/convert_weights.py --input clip-vit-base-patch16/ --output weights/clip_b16
-  then add --config.init.from=weights/clip_b16/params.safetensors. With the BPE file as
-  ARG both towers carry over unchanged; with the byte tokenizer only the image tower does:
-  --config.init.map='(("image/(.*)", "image/\\1"),)'.
+  then add --config.init.source=weights/clip_b16 (init.from, the old name, works too).
+  With the BPE file as ARG both towers carry over unchanged; with the byte tokenizer only
+  the image tower does: --config.init.map='(("image/(.*)", "image/\\1"),)'.
 Expected hardware: a 8+ accelerator slice (H100/TPU v4) with bfloat16 compute; global
   batch 4096 fits on 8 x 80 GB with remat="dots"; CPU only for shape/compile checks.
 Expected result: not reproduced here. For reference, OpenAI CLIP ViT-B/16 (400M pairs,

@@ -7,10 +7,14 @@ Command:
       --config.data.source=manifest --config.data.train_manifest='data/train-*.jsonl' \
       --config.data.eval_manifest=data/val.jsonl
   From Google's weights: python tools/convert_weights.py --input siglip-base-patch16-224/
-      --output weights/siglip_b16, then --config.init.from=weights/siglip_b16/params.safetensors
-  (text: pad captions to the full length with a non-zero id, SigLIP attends to every
-  position; the byte tokenizer differs from SigLIP's SentencePiece, so carry the image
-  tower only: --config.init.map='(("image/(.*)", "image/\\1"),)').
+      --output weights/siglip_b16, then --config.init.source=weights/siglip_b16 with SigLIP's
+  tokenizer (--config.data.tokenizer=sentencepiece --config.data.tokenizer_path=
+  siglip-base-patch16-224/spiece.model); init.source also raises loss.max_scale to the
+  checkpoint's scale, ~117, so nothing is clipped. Or
+  configs/converted.py:weights/siglip_b16,spiece.model for the model exactly as converted.
+  Text: SigLIP attends to every position, padding included (README: "SigLIP text
+  padding"); the byte tokenizer differs from SigLIP's SentencePiece, so with it carry the
+  image tower only: --config.init.map='(("image/(.*)", "image/\\1"),)'.
 Expected hardware: 8+ accelerators (H100/TPU v4), bfloat16; the sigmoid loss's gathered
   implementation keeps memory flat in the global batch.
 Expected result: not reproduced here. Reference: SigLIP B/16 (WebLI 40B examples seen)

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow   # end-to-end / subprocess / torch parity
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -285,8 +287,9 @@ def test_lit_card_trains_with_a_frozen_converted_image_tower(tmp_path):
   assert image_names
   for k in image_names:
     np.testing.assert_array_equal(flat[k], source[k], err_msg=k)
-  assert not np.array_equal(flat["logit_scale"], source["logit_scale"])  # trainable
-  # The run itself is a source for init.from: its text tower into a fresh model.
+  assert source["logit_scale"].shape == flat["logit_scale"].shape == ()   # 0-d, as the model's
+  assert float(flat["logit_scale"]) != float(source["logit_scale"])       # trainable
+  # The run itself is a source for init.source: its text tower into a fresh model.
   from xmodal import init as init_lib
   model = model_lib.MultiTower(config)
   fresh = model_lib.unbox(model.init(jax.random.key(7), model_lib.dummy_inputs(config))["params"])
@@ -310,3 +313,179 @@ def test_reports_name_unused_keys_and_notes(tmp_path):
   save_file(sd, str(tmp_path / "model.safetensors"))
   with pytest.raises(KeyError, match="text_projection.weight"):
     convert.load(str(tmp_path))
+
+
+def _tool(hf_dir, out_dir):
+  """tools/convert_weights.py, run as the README runs it."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, os.path.join(root, "tools", "convert_weights.py"),
+                           "--input", str(hf_dir), "--output", str(out_dir)],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  return str(out_dir)
+
+
+def _tiny_clip_and_siglip(tmp_path):
+  """Random transformers CLIPModel (the CLIP BPE's 49,408 ids, EOT the highest, 20 text
+  positions, scale 100) and SiglipModel (300 ids, 16 positions, scale 117.3, bias -12.9),
+  saved as Hugging Face folders. -> {name: (model, folder)}"""
+  clip_cfg = transformers.CLIPConfig(
+      text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=37,
+                       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=20,
+                       bos_token_id=49406, eos_token_id=49407, pad_token_id=0),
+      vision_config=dict(image_size=32, patch_size=8, hidden_size=48, intermediate_size=40,
+                         num_hidden_layers=2, num_attention_heads=4),
+      projection_dim=24, logit_scale_init_value=float(np.log(100.0)))
+  siglip_cfg = transformers.SiglipConfig(
+      text_config=dict(vocab_size=300, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                       num_attention_heads=4, max_position_embeddings=16, projection_size=48,
+                       pad_token_id=1, bos_token_id=298, eos_token_id=299),
+      vision_config=dict(image_size=32, patch_size=8, hidden_size=48, intermediate_size=40,
+                         num_hidden_layers=2, num_attention_heads=4))
+  out = {}
+  for name, model_cls, cfg in [("clip", transformers.CLIPModel, clip_cfg),
+                               ("siglip", transformers.SiglipModel, siglip_cfg)]:
+    torch.manual_seed(0)
+    ref = model_cls(cfg).eval()
+    if name == "siglip":
+      with torch.no_grad():                 # a real SigLIP's scalars: scale above 100
+        ref.logit_scale.fill_(float(np.log(117.3)))
+        ref.logit_bias.fill_(-12.9)
+    ref.save_pretrained(tmp_path / name)
+    out[name] = (ref, tmp_path / name)
+  return out
+
+
+@pytest.mark.slow
+def test_tool_output_has_0d_loss_scalars_and_carries_the_settings(tmp_path):
+  """params.safetensors holds the loss scalars as the model does (shape ()), towers.json the
+  settings the weights fix; init.source (the folder, no init.map) then carries the text
+  positions and a max_scale that admits the SigLIP scale, and every param loads."""
+  from xmodal import config as config_lib, init as init_lib
+  models = _tiny_clip_and_siglip(tmp_path)
+  folder = _tool(models["siglip"][1], tmp_path / "w")
+  flat = convert.load_safetensors(os.path.join(folder, "params.safetensors"))
+  assert flat["logit_scale"].shape == flat["logit_bias"].shape == ()
+  np.testing.assert_allclose(flat["logit_bias"], -12.9, rtol=1e-6)
+  towers, settings = convert.read_saved(folder)
+  assert settings["data.context_length"] == towers["text"]["context_length"] == 16
+  assert settings["loss.name"] == "sigmoid" and 117.29 < settings["loss.max_scale"] < 117.31
+  # An architecture card of the same model, given only init.source: the text tower's
+  # positions (0 = "the data's") and the scale bound come from the weights.
+  card = {k: v for k, v in settings.items() if k not in ("loss.max_scale", "data.context_length")}
+  config = convert.apply_saved(default_config.get_config(), towers, card)
+  config.towers.text.context_length = 0
+  config.data.context_length = 16
+  config.init.source = folder
+  assert sorted(init_lib.resolve(config)) == [f"loss.max_scale={settings['loss.max_scale']:.6g}",
+                                               "towers.text.context_length=16"]
+  assert config.loss.max_scale == settings["loss.max_scale"]
+  assert np.float32(np.log(config.loss.max_scale)) == flat["logit_scale"]   # clamp: a no-op
+  config_lib.validate(config, jax.device_count())
+  model = model_lib.MultiTower(config)
+  fresh = model_lib.unbox(model.init(jax.random.key(0), model_lib.dummy_inputs(config))["params"])
+  new, names = init_lib.assign(fresh, init_lib.read_source(folder))
+  assert len(names) == len(jax.tree.leaves(fresh)) == len(flat)
+  # A tower whose own context_length disagrees with the weights is named.
+  config.towers.text.context_length = 12
+  with pytest.raises(config_lib.ConfigError, match=r"^config.towers.text.context_length: 12"):
+    init_lib.resolve(config)
+  # Older conversions wrote the scalars as shape (1,): they still load.
+  old = init_lib.assign(fresh, {"logit_scale": np.array([4.0], np.float32)})[0]
+  assert old["logit_scale"].shape == () and float(old["logit_scale"]) == 4.0
+
+
+@pytest.mark.slow
+def test_converted_bert_loads_beside_a_new_image_tower(tmp_path):
+  """A BERT-family encoder through the tool and configs/converted.py: the text tower takes
+  every converted param (0-d scalars aside, there are none), the default ViT stays beside
+  it, and a data context longer than BERT's position table is refused naming both fields."""
+  import importlib.util
+  from xmodal import config as config_lib, init as init_lib
+  cfg = transformers.BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=4, intermediate_size=37,
+                                max_position_embeddings=24, type_vocab_size=2)
+  torch.manual_seed(0)
+  transformers.BertModel(cfg).save_pretrained(tmp_path / "bert")
+  folder = _tool(tmp_path / "bert", tmp_path / "w")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location("card", os.path.join(root, "configs",
+                                                                     "converted.py"))
+  card = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(card)
+  config = card.get_config(folder)
+  assert sorted(config.towers) == ["image", "text"] and config.model.embed_dim == 32
+  init_lib.resolve(config)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^config.data.context_length: 48 .*towers.text.context_length 24"):
+    config_lib.validate(config, jax.device_count())
+  config.data.context_length = 24
+  config_lib.validate(config, jax.device_count())
+  model = model_lib.MultiTower(config)
+  fresh = model_lib.unbox(model.init(jax.random.key(0), model_lib.dummy_inputs(config))["params"])
+  source = init_lib.read_source(folder)
+  new, names = init_lib.assign(fresh, source)
+  assert sorted(names) == sorted(source) and all(n.startswith("text/") for n in names)
+  np.testing.assert_array_equal(new["image"]["head"]["kernel"], fresh["image"]["head"]["kernel"])
+
+
+@pytest.mark.slow
+def test_converted_clip_and_siglip_train_frozen_and_load_with_the_original_logits(tmp_path):
+  """The README's path, end to end: transformers CLIPModel / SiglipModel (scale 117.3) ->
+  tools/convert_weights.py -> `xmodal train --config=configs/converted.py:W
+  --config.init.from=W/params.safetensors` (the real CLI), two steps with every parameter
+  frozen -> xmodal.load(run).similarity(image=..., text=ids) == transformers'
+  logits_per_image (to 1e-4 x scale); the run logs the scale its loss used."""
+  import json
+  import subprocess
+  import sys
+  import xmodal
+  import importlib.util
+  spec = importlib.util.find_spec("open_clip")          # its vocabulary file only
+  if spec is None:
+    pytest.skip("open-clip-torch not installed (pip install open-clip-torch --no-deps)")
+  bpe = os.path.join(os.path.dirname(spec.origin), "bpe_simple_vocab_16e6.txt.gz")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  models = _tiny_clip_and_siglip(tmp_path)
+  for name, (ref, hf_dir) in models.items():
+    folder = _tool(hf_dir, tmp_path / f"w_{name}")
+    card = os.path.join(root, "configs", "converted.py") + f":{folder}" + (
+        f",{bpe}" if name == "clip" else "")
+    run = str(tmp_path / f"run_{name}")
+    result = subprocess.run(
+        [sys.executable, "-m", "xmodal.cli", "train", f"--config={card}",
+         f"--config.init.from={folder}/params.safetensors", '--config.train.frozen=(".*",)',
+         "--config.train.total_steps=2", "--config.optim.warmup_steps=1",
+         "--config.train.log_every=1", "--config.train.checkpoint_every=2",
+         "--config.train.eval_every=0", "--config.batch_size=16", "--config.eval.batch_size=32",
+         "--config.data.shapes_eval_size=32", f"--workdir={run}"],
+        capture_output=True, text=True, timeout=600, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scale = float(np.exp(ref.logit_scale.item()))
+    logged = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))
+              if '"scale"' in line]
+    assert len(logged) == 2
+    for row in logged:
+      np.testing.assert_allclose(row["scale"], scale, rtol=1e-6)
+    m = xmodal.load(run, devices=jax.devices()[:1])
+    assert m.step == 2        # the bound admits the loaded scale (compared as the clamp does)
+    assert np.float32(np.log(m.config.loss.max_scale)) >= np.float32(ref.logit_scale.item())
+    np.testing.assert_array_equal(m.params["logit_scale"], np.float32(ref.logit_scale.item()))
+    images = RNG.integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    if name == "clip":
+      ids = m.tokenizer.encode_batch(["a red circle", "two small green squares at the top",
+                                      "a photo"]).astype(np.int64)
+      assert ids.shape == (3, 20) and ids.max() == 49407
+      mean, std = model_lib.vit.CLIP_MEAN, model_lib.vit.CLIP_STD
+    else:
+      ids = RNG.integers(1, 300, (3, 16))   # no trailing pad id (0): see the README's caveat
+      mean, std = (0.5,) * 3, (0.5,) * 3
+    got = m.similarity(image=images, text=ids)
+    pixels = m.preprocess("image", images).astype(np.float32)
+    with torch.no_grad():
+      want = ref(input_ids=torch.from_numpy(ids), pixel_values=_pixels(pixels, mean, std))
+    want = want.logits_per_image.numpy()
+    assert got.shape == want.shape == (3, 3)
+    np.testing.assert_allclose(got, want, atol=1e-4 * scale, rtol=0, err_msg=name)

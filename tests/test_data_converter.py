@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+
+pytestmark = pytest.mark.slow   # end-to-end / subprocess / torch parity
 from data_fixtures import (caption_index, data_config, good_samples, image_bytes, write_tar,
                            write_tfds)
 from xmodal import config as config_lib
@@ -73,11 +75,15 @@ def test_manifest_and_webdataset_conversion_trains(tmp_path):
     (tmp_path / "img" / f"{i}.png").write_bytes(image_bytes(i, size=(900, 500), fmt="PNG"))
     rows.append({"image": f"img/{i}.png", "caption": f"record {i}", "label": i})
   rows.append({"image": "img/missing.png", "caption": "record 99"})
-  (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+  lines = [json.dumps(r) for r in rows]
+  lines.append('{"image": "img/0.png", "caption": "lone \\ud800 surrogate"}')
+  lines.append('{"image": "img/0.png", "caption": "cut')                # broken JSON
+  (tmp_path / "m.jsonl").write_text("\n".join(lines))
   out = str(tmp_path / "m_ar")
   summary, _ = _convert("--input", f"manifest:{tmp_path / 'm.jsonl'}", "--output", out,
                         "--processes", "1", "--max_image_size", "256")
-  assert summary["written"] == 6 and summary["skipped"] == {"missing image file": 1}
+  assert summary["written"] == 6 and summary["skipped"] == {
+      "missing image file": 1, "caption not UTF-8": 1, "bad row": 1}
   from PIL import Image
   import io
   recs = _read_all(f"{out}-*.arrayrecord")
@@ -118,3 +124,41 @@ def test_tfds_conversion(tmp_path):
     i = caption_index(r["caption"][0])
     assert r["caption"] == [f"row {i} first", f"row {i} second"] and r["label"] == i % 3
     assert r["image"] == image_bytes(i)                   # the stored JPEG, not re-encoded
+
+
+def test_transparent_and_oversized_images(tmp_path):
+  """Transparent PNGs stay transparent when kept (counted "with transparency"; training
+  composites them) and are composited onto --background when re-encoded to JPEG, never
+  black; an image over --max_image_pixels is skipped and counted from its header."""
+  import io
+
+  import numpy as np
+  from PIL import Image
+  imgs = tmp_path / "imgs"
+  imgs.mkdir()
+  for i in range(3):
+    rgba = np.zeros((300, 400, 4), np.uint8)             # transparent black around
+    rgba[100:200, 150:250] = (200, 0, 0, 255)            # an opaque red square
+    Image.fromarray(rgba, "RGBA").save(imgs / f"{i}.png")
+    (imgs / f"{i}.txt").write_text(f"caption number {i}")
+  Image.new("RGB", (3000, 2500), (0, 0, 255)).save(imgs / "9.png")
+  (imgs / "9.txt").write_text("caption number 9")
+  kept, resized = str(tmp_path / "kept"), str(tmp_path / "resized")
+  summary, stdout = _convert("--input", f"folder:{imgs}", "--output", kept,
+                             "--processes", "1", "--max_image_pixels", "5000000")
+  assert summary["written"] == 3 and summary["skipped"] == {"image over --max_image_pixels": 1}
+  assert summary["images"] == {"with transparency": 3} and "with transparency" in stdout
+  summary, _ = _convert("--input", f"folder:{imgs}", "--output", resized, "--processes", "1",
+                        "--max_image_pixels", "5000000", "--max_image_size", "200",
+                        "--background", "0,255,0")
+  assert summary["written"] == 3 and summary["images"] == {"alpha composited": 3}
+  for rec in _read_all(f"{resized}-*.arrayrecord"):
+    pixels = np.asarray(Image.open(io.BytesIO(rec["image"])))
+    assert pixels.shape == (150, 200, 3)
+    assert np.abs(pixels[5, 5].astype(int) - (0, 255, 0)).max() <= 8      # JPEG error
+    assert np.abs(pixels[75, 100].astype(int) - (200, 0, 0)).max() <= 8
+  # Kept as PNG: the training pipeline composites onto data.alpha_background (white).
+  config = data_config(source="arrayrecord", train_files=f"{kept}-*.arrayrecord",
+                       eval_files=f"{kept}-*.arrayrecord")
+  ev = pipeline.eval_arrays(config)
+  assert len(ev["image"]) == 3 and (ev["image"][:, 0, 0] == 255).all()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_fixtures import caption_index, data_config, records, write_arrayrecord
-from xmodal.data import pipeline, tokenizer
+from xmodal.data import pipeline, sources, tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_all_bad_data_fails_loudly_instead_of_spinning(tmp_path, monkeypatch):
   config = data_config(source="arrayrecord", train_files=str(tmp_path / "bad.arrayrecord"),
                        eval_files=str(tmp_path / "bad.arrayrecord"))
   monkeypatch.setattr(pipeline, "MAX_CONSECUTIVE_BAD", 50)
-  with pytest.raises(RuntimeError, match="50 unreadable examples in a row"):
+  with pytest.raises(sources.SourceError, match="50 unreadable examples in a row"):
     next(iter(pipeline.train_dataset(config)))
   with pytest.raises(ValueError, match="no readable examples"):
     pipeline.eval_arrays(config)
@@ -175,3 +175,38 @@ def test_group_ids_join_the_copies_of_a_record_on_any_number_of_processes(tmp_pa
     assert all(g % 2 == p for g, _, _ in two[p])   # process p reads positions p, p + 2, ...
     for g, i, e in two[p]:
       assert (i, e) == members[g][0]               # the same record as on one process
+
+
+def test_oversized_images_are_skipped_with_the_reason_and_transparency_is_composited(
+    tmp_path, caplog):
+  """A manifest with one PNG over data.max_image_pixels and transparent PNGs: the big one
+  is skipped and counted in training and evaluation, the log says why; the transparent
+  ones come out over data.alpha_background (not black)."""
+  from PIL import Image
+  rows = []
+  for i in range(8):
+    rgba = np.zeros((24, 24, 4), np.uint8)               # transparent black...
+    rgba[8:16, 8:16] = (200, 0, 0, 255)                   # ...around an opaque red square
+    Image.fromarray(rgba, "RGBA").save(tmp_path / f"{i}.png")
+    rows.append({"image": f"{i}.png", "caption": f"caption number {i}"})
+  Image.new("RGB", (3000, 2500), (0, 0, 255)).save(tmp_path / "huge.png")
+  rows.insert(3, {"image": "huge.png", "caption": "caption number 99"})
+  (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+  config = data_config(source="manifest", train_files=str(tmp_path / "m.jsonl"),
+                       eval_files=str(tmp_path / "m.jsonl"), max_image_pixels=5_000_000,
+                       alpha_background=(0, 255, 0))
+  config.data.crop_scale = (1.0, 1.0)
+  config.data.crop_ratio = (1.0, 1.0)
+  with caplog.at_level("WARNING"):
+    batch = next(iter(pipeline.train_dataset(config)))
+  assert int(batch["skipped"].sum()) == 1 and 99 not in _ids(batch)
+  assert any("image over data.max_image_pixels" in r.getMessage() and "huge.png" in
+             r.getMessage() and "3000 x 2500 = 7.5M pixels" in r.getMessage()
+             for r in caplog.records)
+  assert (batch["image"][:, 0, 0] == (0, 255, 0)).all()  # corners: the background
+  assert (batch["image"][:, 8, 8] == (200, 0, 0)).all()
+  evaluation = pipeline.eval_arrays(config)
+  assert evaluation["skipped"] == 1 and len(evaluation["image"]) == 8
+  assert (evaluation["image"][:, 0, 0] == (0, 255, 0)).all()
+  config.data.max_image_pixels = 0                        # no limit: the big one is read
+  assert pipeline.eval_arrays(config)["skipped"] == 0

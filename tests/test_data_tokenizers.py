@@ -5,6 +5,7 @@ OpenAI's vocabulary against open_clip's reference implementation when it is inst
 Layout [prefix, tokens, EOS, PAD...], truncation, pickling (grain workers), the text tower's
 vocab_size / pad_id, and a tower fed CLIP's pad id 0 (also the token "!")."""
 
+import functools
 import gzip
 import importlib.util
 import os
@@ -319,3 +320,129 @@ def test_text_tower_takes_vocab_and_pad_from_the_tokenizer(sp_model, hf_file, tm
     tower = model_lib.build_tower(config.towers.text, config, "text", jax.numpy.float32)
     assert (tower.vocab_size, tower.pad_id) == (tok.vocab_size, tok.pad_id)
     assert tower.context_length == config.data.context_length
+
+
+def _many_strings(n: int, seed: int = 0) -> list[str]:
+  """n strings mixing English prose (standard-library docstrings) with the cases CLIP's
+  BPE treats specially: contractions in any case, HTML entities, the literal special
+  tokens (also after punctuation, where CLIP does not recognise them), accents, combining
+  marks, CJK, emoji, digits, unusual whitespace and punctuation runs."""
+  import argparse
+  import inspect
+  import json
+  import random
+  import unittest
+  rng = random.Random(seed)
+  words = [w for mod in (json, argparse, unittest, inspect, random)
+           for w in (inspect.getdoc(mod) or "").split()]
+  pieces = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'LL", "n't", "&amp;", "&lt;3",
+            "&#39;", "<start_of_text>", "<END_OF_TEXT>", "!<end_of_text>", "!", "!!", "...",
+            "—", "“", "”", "naïve", "café", "東京", "日本語のテキスト", "🙂", "👍🏽", "🇫🇷", "ß",
+            "ſ", "İstanbul", "Ωμέγα", "привет", "مرحبا", "हिन्दी", "12345", "3.14", "x²", "½",
+            "a\u0301", "\u200b", "\u00a0", "\t", "\n", "x-ray", "C++", "#tag", "@user",
+            "http://a.b/c?d=e", "(", ")", "{}", "''", "\"", "`", "_", "__init__", "ﬁ", "Ｆｕｌｌ",
+            "\x1c", "\u2028"]
+  out = []
+  for _ in range(n):
+    toks = [rng.choice(words) if rng.random() < 0.6 else rng.choice(pieces)
+            for _ in range(rng.randint(0, 25))]
+    out.append(rng.choice([" ", "", " ", "  ", "\t"]).join(toks))
+  return out
+
+
+def _reference_bpe(merges_path: str, context_length: int):
+  """CLIP's BPE written plainly (the algorithm of CLIP's simple_tokenizer): findall with
+  CLIP's pattern, bytes -> the byte alphabet, then repeatedly merge every occurrence of the
+  adjacent pair of lowest rank. Returns text -> ids (SOT, tokens, EOT, no padding)."""
+  import regex
+  tok = tok_lib.make_tokenizer("clip", context_length, merges_path)
+  ranks, alphabet = {}, tok_lib.byte_alphabet()
+  opener = gzip.open if merges_path.endswith(".gz") else open
+  with opener(merges_path, "rb") as f:
+    for line in f.read().decode("utf-8").split("\n")[1:tok_lib.CLIP_MAX_MERGES + 1]:
+      if len(line.split()) == 2:
+        ranks.setdefault(tuple(line.split()), len(ranks))
+  pattern = regex.compile(tok_lib.ClipBPETokenizer.PATTERN, regex.IGNORECASE)
+
+  @functools.lru_cache(maxsize=None)
+  def bpe(word):
+    parts = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(parts) > 1:
+      pairs = [(ranks.get(p, len(ranks)), p) for p in zip(parts, parts[1:])]
+      rank, best = min(pairs)
+      if rank == len(ranks):
+        break
+      out, i = [], 0
+      while i < len(parts):
+        if tuple(parts[i:i + 2]) == best:
+          out.append(best[0] + best[1])
+          i += 2
+        else:
+          out.append(parts[i])
+          i += 1
+      parts = out
+    return parts
+
+  def encode(text):
+    ids = []
+    for piece in pattern.findall(tok._clean(text)):
+      if piece in (tok.SOT, tok.EOT):
+        ids.append(tok.token_id[piece])
+      else:
+        ids += [tok.token_id[t] for t in bpe("".join(alphabet[b] for b in piece.encode()))]
+    return ids
+
+  return encode
+
+
+def _learned_merges(folder) -> str:
+  """A CLIP-format merges file (header line, "a b" per line) with ~2,000 merges learned by
+  the `tokenizers` trainer on English prose, in the byte alphabet with CLIP's `</w>`."""
+  import inspect
+  import tokenizers
+  from tokenizers import models, pre_tokenizers, trainers
+  import argparse
+  corpus = [inspect.getdoc(x) or "" for m in (argparse, inspect, os, pickle, gzip)
+            for x in [m] + [getattr(m, name) for name in dir(m) if not name.startswith("_")]]
+  tk = tokenizers.Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+  tk.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(tokenizers.Regex(tok_lib.ClipBPETokenizer.WORDS), "removed",
+                           invert=True),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  tk.train_from_iterator([c.lower() for c in corpus], trainers.BpeTrainer(
+      vocab_size=2600, end_of_word_suffix="</w>", show_progress=False,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  merges = tk.model.save(str(folder))[1]        # [vocab.json, merges.txt]
+  with open(merges) as f:
+    lines = f.read().split("\n")
+  assert len(lines) > 1500                                 # a real vocabulary, not a toy
+  return merges
+
+
+def test_clip_bpe_is_the_tokenizers_library_with_clip_ids_on_many_strings(tmp_path):
+  """The CLIP tokenizer runs on the `tokenizers` library and gives CLIP's ids: against a
+  plain Python BPE (the reference above) on 2,000 strings, with a learned merges file and,
+  when open_clip is installed, OpenAI's vocabulary against open_clip itself."""
+  import tokenizers
+  texts = _many_strings(2000)
+  vocabularies = [_learned_merges(tmp_path)]
+  if importlib.util.find_spec("open_clip") is not None:
+    vocabularies.append(_open_clip_reference()[1])
+  for path in vocabularies:
+    tok = tok_lib.make_tokenizer("clip", 24, path)
+    assert isinstance(tok.impl, tokenizers.Tokenizer)
+    reference = _reference_bpe(path, 24)
+    merged = 0
+    for text in texts:
+      want = reference(text)
+      assert tok.tokens(text) == want, text
+      merged += sum(i >= 512 for i in want)
+    assert merged > 10 * len(texts)                        # merges were really exercised
+    rows = tok.encode_batch(texts)                         # the batched library call
+    for text, row in zip(texts, rows):
+      np.testing.assert_array_equal(row, tok.encode(text), err_msg=text)
+  if len(vocabularies) == 2:
+    ref, _ = _open_clip_reference()
+    tok = tok_lib.make_tokenizer("clip", 77, vocabularies[1])
+    for text in texts:
+      assert tok.tokens(text) == ref.encode(text), text

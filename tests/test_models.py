@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xmodal import optim
+from xmodal import losses, optim, train
 from xmodal.data import tokenizer as tokenizer_lib
 from xmodal.models import model as model_lib
 from tiny import make_tiny_config
@@ -107,3 +107,49 @@ def test_schedule_warms_up_then_decays_to_the_floor():
   np.testing.assert_allclose(lr(60), 0.1 + 0.9 * 0.5, rtol=1e-5)
   np.testing.assert_allclose(lr(110), 0.1, rtol=1e-5)
   assert isinstance(optim.make_optimizer(config), optax.GradientTransformation)
+
+
+def test_scale_is_clamped_after_the_step_and_logged_as_the_loss_used_it():
+  """loss.max_scale bounds logit_scale after each optimizer step, to the float32 of
+  log(max_scale) exactly (open_clip clamps the parameter the same way); the step logs the
+  scale its loss was computed with; a frozen scale above the bound is left alone."""
+  config = make_tiny_config(**{"loss.impl": "dense", "loss.max_scale": 100.0,
+                               "optim.warmup_steps": 1, "optim.lr": 0.5})
+  model, params = _init(config)
+  params = {**params, "logit_scale": jnp.float32(np.log(150.0))}
+  rng = np.random.default_rng(0)
+  tok = tokenizer_lib.ByteTokenizer(config.data.context_length)
+  batch = {"image": rng.integers(0, 255, (8, 16, 16, 3), np.uint8),
+           "text": tok.encode_batch([f"caption {i}" for i in range(8)])}
+  objective = losses.make_objective(config, None)
+
+  def run(config, params, steps=2):
+    tx = optim.make_optimizer(config)
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    step = jax.jit(train.make_train_step(model, tx, objective, optim.schedule(config)))
+    history, logged = [], []
+    for _ in range(steps):     # step 0 has learning rate 0 (warmup): an update of 0
+      state, metrics = step(state, batch)
+      history.append(float(state["params"]["logit_scale"]))
+      logged.append(float(metrics["scale"]))
+    return history, logged
+
+  history, logged = run(config, params)
+  assert history[0] == float(np.float32(np.log(100.0)))       # clamped, exactly
+  assert history[1] < history[0]                               # and free below the bound
+  np.testing.assert_allclose(logged, [150.0, 100.0], rtol=1e-5)   # what each loss used
+  # Below the bound an update is applied as it is; a frozen scale is never touched.
+  tx = optim.make_optimizer(config)
+  small = {**params, "logit_scale": jnp.float32(np.log(20.0))}
+  grads = jax.tree.map(jnp.zeros_like, small)
+  grads["logit_scale"] = jnp.float32(-1.0)
+  opt_state = tx.init(small)
+  for _ in range(2):
+    updates, opt_state = tx.update(grads, opt_state, small)
+  assert float(updates["logit_scale"]) > 0
+  assert float(optax.apply_updates(small, updates)["logit_scale"]) == float(
+      small["logit_scale"] + updates["logit_scale"])
+  frozen = config.copy_and_resolve_references()
+  frozen.train.frozen = ("logit_scale",)
+  history, _ = run(frozen, params)
+  assert history == [float(np.float32(np.log(150.0)))] * 2

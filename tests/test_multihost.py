@@ -10,6 +10,8 @@ import numpy as np
 import portpicker
 import pytest
 
+pytestmark = pytest.mark.slow   # end-to-end / subprocess / torch parity
+
 from xmodal import metrics as metrics_lib, sharding, train
 from tiny import make_tiny_config
 

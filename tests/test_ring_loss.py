@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 
 from xmodal import config as config_lib, default_config, losses  # noqa: E402
 from xmodal.losses import ring, targets  # noqa: E402
+import loss_reference  # noqa: E402
 
 # (data, fsdp, model) per device count; 8 also appears with a model axis (replicated loss).
 MESHES = {1: (1, 1, 1), 2: (2, 1, 1), 4: (2, 2, 1), 8: (4, 2, 1)}
@@ -99,6 +100,25 @@ def test_sharded_impls_match_dense_bf16(name, n):
   _assert_close(got, want16, 1e-2, "ring vs dense bf16")
   gathered = _value_and_grads(losses.pair_loss_fn(name, "gathered", mesh), xb, yb, scale, bias)
   _assert_close(gathered, want16, 1e-2, "gathered bf16")
+
+
+@pytest.mark.parametrize("name", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("n", [1, 8])
+def test_ring_confident_regime_matches_float64(name, n):
+  """Scale 100, bias -16.5, mean loss ~0.02 (tests/loss_reference.py): the ring's value and
+  gradients stay within 1e-5 of the float64 formula, with tiles that do not divide the
+  per-device batch."""
+  mesh = _mesh((n, 1, 1))
+  x, y = loss_reference.confident_inputs(name)
+  scale, bias = loss_reference.CONFIDENT["scale"], loss_reference.CONFIDENT["bias"]
+  want = loss_reference.loss_and_grads(name, x, y, scale, bias)
+  value, grads = _value_and_grads(ring.ring_loss(name, mesh, tile_size=3), jnp.asarray(x),
+                                  jnp.asarray(y), jnp.float32(scale), jnp.float32(bias))
+  for label, got, ref in zip(("value", "x", "y", "scale", "bias"), (value, *grads), want):
+    if label == "bias" and name == "softmax":
+      assert float(got) == 0.0
+      continue
+    assert _rel(got, ref) <= 1e-5, (label, _rel(got, ref))
 
 
 def _brute_force(name, x, y, scale, bias, ids):

@@ -166,6 +166,38 @@ def test_init_from_converted_weights_by_regex_map(tmp_path):
     init_lib.assign(dst, init_lib.read_source(path), (("text/(.*)", r"txt/\1"),))
 
 
+def test_frozen_params_init_did_not_load_are_refused_or_named(tmp_path, caplog):
+  """LiT without its weights: frozen matrices that init did not load would stay random,
+  an error naming config.train.frozen; a frozen scalar (a fixed temperature) is one line."""
+  from safetensors.numpy import save_file
+  config = _set_all(make_tiny_config(**{"train.frozen": ("image/.*",)}), scan=True)
+  _, params = _init(config)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^config.train.frozen: \d+ frozen weight matrices \(e.g. image/"):
+    init_lib.check_frozen(config, params)
+  # The image tower loaded from an unscanned source: nothing frozen is left random.
+  _, source = _init(make_tiny_config(), seed=1)
+  path = str(tmp_path / "params.safetensors")
+  save_file({k: np.asarray(v) for k, v in convert.flatten(source).items()}, path)
+  config.init.source, config.init.map = path, ((r"image/(.*)", r"image/\1"),)
+  loaded, names = init_lib.assign(params, init_lib.read_source(path), config.init.map)
+  assert any("/block_0/" in n for n in names)          # named unscanned ...
+  with caplog.at_level("WARNING"):
+    init_lib.check_frozen(config, loaded, names)       # ... matched to the scanned params
+  assert not caplog.records
+  # Only part of the tower loaded: the rest is named.
+  config.init.map = ((r"image/encoder/(.*)", r"image/encoder/\1"),)
+  loaded, names = init_lib.assign(params, init_lib.read_source(path), config.init.map)
+  with pytest.raises(config_lib.ConfigError, match=r"e.g. image/head/kernel"):
+    init_lib.check_frozen(config, loaded, names)
+  config.train.frozen = ("logit_scale",)             # a fixed temperature: meant, said once
+  with caplog.at_level("WARNING"):
+    init_lib.check_frozen(config, loaded, names)
+  assert [r.getMessage() for r in caplog.records] == [
+      f"config.train.frozen: frozen params not loaded from {path} keep their initial "
+      f"values: logit_scale"]
+
+
 def test_scanned_towers_need_a_layers_rule_and_shard_over_a_mesh():
   config = _set_all(make_tiny_config(**{"mesh.fsdp": 2, "mesh.model": 2}), scan=True)
   config_lib.validate(config, 8)

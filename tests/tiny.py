@@ -27,3 +27,28 @@ def make_tiny_config(**overrides):
       node = node[p]
     node[last] = value
   return c
+
+
+def write_converted_weights(folder) -> str:
+  """`folder` as tools/convert_weights.py writes it (params.safetensors of flattened names
+  and towers.json) for the image tower of a freshly initialised tiny model: what the LiT
+  card reads. Returns the folder."""
+  import json
+  import os
+  import jax
+  import numpy as np
+  from safetensors.numpy import save_file
+  from xmodal import convert
+  from xmodal.models import model as model_lib
+  config = make_tiny_config()
+  model = model_lib.MultiTower(config)
+  params = model_lib.unbox(model.init(jax.random.key(0), model_lib.dummy_inputs(config, 2))
+                           ["params"])
+  os.makedirs(folder, exist_ok=True)
+  save_file({k: np.asarray(v) for k, v in convert.flatten({"image": params["image"]}).items()},
+            os.path.join(folder, "params.safetensors"))
+  with open(os.path.join(folder, "towers.json"), "w") as f:
+    json.dump({"kind": "xmodal", "towers": {"image": config.towers.image.to_dict()},
+               "model.embed_dim": config.model.embed_dim,
+               "extra.image_size": config.data.image_size}, f, default=list)
+  return str(folder)

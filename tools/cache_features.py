@@ -7,7 +7,7 @@ towers (encoder="identity", head="mlp") then trains only the projectors on these
 (`data.source="features"`), so the frozen encoders run once per example instead of once per
 step (see configs/projector_cached.py).
 
-  # encoders from a trained or converted run (its workdir), or from a config (init.from)
+  # encoders from a trained or converted run (its workdir), or from a config (init.source)
   python tools/cache_features.py --workdir=runs/frozen --split=train --max_examples=100000 \\
       --out=feats/train.npz
   python tools/cache_features.py --config=configs/lit_frozen_clip_image.py:weights/clip_b16 \\
@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from xmodal import init as init_lib
+from xmodal import config as config_lib, init as init_lib
 from xmodal.data import pipeline
 from xmodal.models import model as model_lib
 
@@ -37,17 +37,18 @@ def _load_config(spec: str):
 
 
 def encoder_params_and_config(workdir: str | None, config_spec: str | None):
-  """(config, params) from a run's newest checkpoint, or from a config's init (init.from)."""
+  """(config, params) from a run's newest checkpoint, or from a config's init (init.source)."""
   if workdir:
     import xmodal
     loaded = xmodal.load(workdir)
     return loaded.config, loaded.params
-  config = _load_config(config_spec)
+  config = config_lib.upgrade(_load_config(config_spec))
+  init_lib.resolve(config)
   model = model_lib.MultiTower(config)
   params = jax.jit(lambda key: model_lib.unbox(
       model.init(key, model_lib.dummy_inputs(config))["params"]))(jax.random.key(config.seed))
-  if config.init["from"]:
-    params = init_lib.load_into(params, config.init["from"], config.init.map)
+  if config.init.source:
+    params = init_lib.load_into(params, config.init.source, config.init.map)
   return config, params
 
 
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   src = ap.add_mutually_exclusive_group(required=True)
   src.add_argument("--workdir", help="a run whose newest checkpoint holds the encoders")
-  src.add_argument("--config", help="FILE.py[:ARG]; params from init (and init.from)")
+  src.add_argument("--config", help="FILE.py[:ARG]; params from init (and init.source)")
   ap.add_argument("--split", choices=("train", "eval"), default="train")
   ap.add_argument("--max_examples", type=int, default=None)
   ap.add_argument("--out", required=True, help="the .npz to write")

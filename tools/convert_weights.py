@@ -8,10 +8,15 @@
 --input: a Hugging Face model directory (config.json + *.safetensors: CLIPModel, SiglipModel,
 BertModel) or an open_clip directory (open_clip_config.json + open_clip_model.safetensors
 or a torch .bin/.pt, which needs torch). Writes OUTPUT/params.safetensors (flattened names
-"image/encoder/transformer/block_0/attn/qkv/kernel", ...), OUTPUT/towers.json (the tower
-config sections, model.embed_dim, data.image_size, loss.name) and prints the report of
-unused source keys. Use the result with `config.init.from = "OUTPUT/params.safetensors"`
-and the sections of towers.json (see configs/lit_frozen_minilm.py).
+"image/encoder/transformer/block_0/attn/qkv/kernel", ..., and the 0-d loss scalars
+logit_scale / logit_bias), OUTPUT/towers.json (the tower config sections and the settings the
+weights fix: model.embed_dim, and as extra.* the image size, the text context length and the
+loss; loss.max_scale when the checkpoint's scale is above 100) and prints the report of
+unused source keys.
+
+Use the result as it is with `xmodal train --config=configs/converted.py:OUTPUT`, or with a
+card of the same architecture and `--config.init.source=OUTPUT` (configs/clip_vit_b16.py,
+configs/siglip_b16.py), or a subtree of it with init.map (configs/lit_frozen_clip_image.py).
 """
 
 import argparse
@@ -47,13 +52,11 @@ def main(argv=None):
   conv = convert.load(args.input, kind, **kwargs)
   from safetensors.numpy import save_file  # noqa: PLC0415
   os.makedirs(args.output, exist_ok=True)
-  flat = {k: np.ascontiguousarray(v, np.float32) for k, v in convert.flatten(conv.params).items()}
+  # np.array, not np.ascontiguousarray: the latter turns the 0-d loss scalars into shape (1,).
+  flat = {k: np.array(v, np.float32, order="C") for k, v in convert.flatten(conv.params).items()}
   save_file(flat, os.path.join(args.output, "params.safetensors"))
-  meta = {"kind": kind, "towers": {m: t.to_dict() for m, t in conv.towers.items()},
-          "model.embed_dim": conv.embed_dim, **{f"extra.{k}": v for k, v in conv.extra.items()},
-          "unused_source_keys": conv.report.unused, "notes": conv.report.notes}
   with open(os.path.join(args.output, "towers.json"), "w") as f:
-    json.dump(meta, f, indent=2, default=list)
+    json.dump(convert.towers_json(conv, kind), f, indent=2, default=list)
   n = sum(v.size for v in flat.values())
   print(f"{kind}: {len(flat)} params ({n / 1e6:.1f}M values) -> {args.output}")
   print(conv.report)

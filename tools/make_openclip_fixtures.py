@@ -36,13 +36,28 @@ def unit(rng, shape):
   return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-# (name, batch, dim, scale, bias): open_clip's losses take the scale itself (the model
-# passes logit_scale.exp()); bias is used by SigLipLoss only.
+def confident(rng, batch, dim, margin):
+  """x, y [batch, dim >= 2 * batch] unit rows with x_i . y_i ~ margin and x_i . y_j ~ 1e-3:
+  at scale 100 (bias -16.5) the loss is ~0.02 while logits are ~10-20, where float32
+  shortcuts (a loss as the difference of large terms) lose digits."""
+  q = np.linalg.qr(rng.standard_normal((dim, dim)))[0]
+  x = q[:batch] + 0.03 * unit(rng, (batch, dim))
+  y = margin * q[:batch] + np.sqrt(1 - margin ** 2) * q[batch:2 * batch] + 0.03 * unit(
+      rng, (batch, dim))
+  return (x / np.linalg.norm(x, axis=1, keepdims=True),
+          y / np.linalg.norm(y, axis=1, keepdims=True))
+
+
+# (name, batch, dim, scale, bias, margin): open_clip's losses take the scale itself (the
+# model passes logit_scale.exp()); bias is used by SigLipLoss only. margin: None = random
+# unit rows, else `confident` rows with that positive similarity.
 CASES = [
-    ("clip", 16, 8, 1 / 0.07, None),
-    ("clip", 24, 12, 100.0, None),
-    ("siglip", 16, 8, 10.0, -10.0),
-    ("siglip", 24, 12, 3.0, 1.5),
+    ("clip", 16, 8, 1 / 0.07, None, None),
+    ("clip", 24, 12, 100.0, None, None),
+    ("siglip", 16, 8, 10.0, -10.0, None),
+    ("siglip", 24, 12, 3.0, 1.5, None),
+    ("clip", 32, 64, 100.0, None, 0.08),         # confident: loss ~0.02
+    ("siglip", 32, 64, 100.0, -16.5, 0.2),
 ]
 
 
@@ -55,8 +70,13 @@ def main():
   rng = np.random.default_rng(0)
   arrays = {"openclip_version": np.array(importlib.metadata.version("open_clip_torch")),
             "torch_version": np.array(torch.__version__)}
-  for i, (name, batch, dim, scale, bias) in enumerate(CASES):
-    x, y = unit(rng, (batch, dim)), unit(rng, (batch, dim))
+  for i, (name, batch, dim, scale, bias, margin) in enumerate(CASES):
+    if margin is None:
+      x, y = unit(rng, (batch, dim)), unit(rng, (batch, dim))
+    else:
+      x, y = confident(rng, batch, dim, margin)
+    # The tests feed float32 embeddings: the reference sees exactly those values.
+    x, y = x.astype(np.float32).astype(np.float64), y.astype(np.float32).astype(np.float64)
     tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     ty = torch.tensor(y, dtype=torch.float64, requires_grad=True)
     ts = torch.tensor(scale, dtype=torch.float64, requires_grad=True)

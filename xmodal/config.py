@@ -1,92 +1,87 @@
 """Config checking: every config is validated before anything compiles.
 
-`validate(config, num_devices)` walks the config against the schema in
-`xmodal/default_config.py` and raises `ConfigError` with the dotted name of the first bad
-field: an unknown key, a value of the wrong type, an out-of-range choice, a batch size that
-the devices cannot split, a path that matches no files.
+`validate(config, num_devices)` checks the config against the fields declared in
+`xmodal/default_config.py` (unknown keys, types, choices, ranges: `xmodal/fields.py`), then
+the rules that relate fields to each other, and raises `ConfigError` with the dotted name of
+the first bad field: a batch size that the devices cannot split, a path that matches no
+files, a text context the tower cannot embed, ...
 """
 
+import contextlib
 import os
+import re
 
 import ml_collections
 
-from xmodal import default_config
+from xmodal import default_config, fields, towers as towers_lib
+from xmodal.fields import ConfigError  # noqa: F401 (the project's config error type)
 
-# Sources of tower-ready records, no captions (data/pipeline.py READY_SOURCES).
-_READY_SOURCES = ("synthetic", "features")
 # Keys the data pipeline puts in every batch beside the modalities (xmodal/data/pipeline.py).
-RESERVED_BATCH_KEYS = ("label", "skipped", "epoch", "source", "group", "caption")
-
-CHOICES = {
-    "loss.name": ("softmax", "sigmoid"),
-    "loss.impl": ("dense", "gathered", "ring"),
-    "loss.positives": ("auto", "pair", "group"),
-    "model.compute_dtype": ("float32", "bfloat16"),
-    "data.source": ("shapes", "manifest", "webdataset", "arrayrecord", "tfds", "mixture",
-                    "synthetic", "features"),
-    "data.eval_source": ("", "shapes", "manifest", "webdataset", "arrayrecord", "tfds",
-                         "synthetic", "features"),
-    "data.tokenizer": ("bytes", "sentencepiece", "hf", "clip"),
-    "data.captions": ("sample", "first", "all"),
-    "data.image_dtype": ("uint8", "float32"),
-    "data.normalize": ("none", "clip"),
-}
-_COMMON_CHOICES = {"act": ("gelu_tanh", "gelu", "quick_gelu", "relu"),
-                   "remat": ("none", "full", "dots"), "head": ("linear", "mlp", "none")}
-_POOL = {"pool": ("gap", "cls", "map")}
-TOWER_CHOICES = {
-    "vit": {"pool": ("gap", "cls", "map"), "pos_embed": ("learned", "sincos2d", "none"),
-            **_COMMON_CHOICES},
-    "text": {"pool": ("eot", "argmax", "last", "mean", "first"), **_COMMON_CHOICES},
-    "audio": {**_POOL, **_COMMON_CHOICES},
-    "video": {"temporal": ("mean", "attention"), **_COMMON_CHOICES},
-    "volume": _COMMON_CHOICES,
-    "vector": {"encoder": ("mlp", "transformer", "identity"), **_POOL, **_COMMON_CHOICES},
-    "signal": {**_POOL, **_COMMON_CHOICES},
-}
+RESERVED_BATCH_KEYS = ("label", "skipped", "skipped_reasons", "epoch", "source", "group",
+                       "caption")
 
 
-class ConfigError(ValueError):
-  """A config value is wrong; the message starts with the field's dotted name."""
+class WorkdirError(FileNotFoundError):
+  """A workdir lacks what was asked of it (its config.json, any checkpoint, a given step)."""
 
 
-def _check_tree(node, schema, prefix):
-  """Unknown keys and wrong types, recursively. Tower sections use their kind's schema."""
-  for key in node.keys():
-    name = f"{prefix}{key}"
-    if key not in schema:
-      raise ConfigError(f"config.{name}: unknown key; known keys here: {sorted(schema.keys())}")
-    value, expected = node[key], schema[key]
-    if isinstance(expected, ml_collections.ConfigDict):
-      if not isinstance(value, ml_collections.ConfigDict):
-        raise ConfigError(f"config.{name}: expected a section, got {value!r}")
-      _check_tree(value, expected, name + ".")
+# Keys renamed since runs were saved: old dotted name -> new. Saved workdirs (config.json),
+# older config files and command-line overrides spelled the old way keep working (`upgrade`,
+# `rename_overrides`). init.from: `from` is a Python keyword, so ml_collections cannot parse
+# `--config.init.from=...` as an override.
+RENAMED = {"init.from": "init.source"}
+
+
+def upgrade(config):
+  """Moves renamed keys (RENAMED) to their new names, in place, in a ConfigDict or in the
+  plain dict a config.json holds; returns it. Raises ConfigError when both names hold
+  different non-empty values."""
+  for old, new in RENAMED.items():
+    *path, old_key = old.split(".")
+    new_key = new.split(".")[-1]
+    node = config
+    for part in path:
+      node = node.get(part) if hasattr(node, "get") else None
+    if node is None or not hasattr(node, "keys") or old_key not in node.keys():
       continue
-    _check_type(name, value, expected)
+    value, current = node[old_key], node.get(new_key) or ""
+    if value and current and value != current:
+      raise ConfigError(f"config.{old}: the old name of config.{new}; both are set "
+                        f"({value!r}, {current!r}): keep {new} only")
+    locked = isinstance(node, ml_collections.ConfigDict)
+    with node.unlocked() if locked else contextlib.nullcontext():
+      del node[old_key]
+      node[new_key] = value or current
+  _add_default_tasks(config)
+  return config
 
 
-def _check_type(name, value, expected):
-  if isinstance(expected, bool):
-    ok = isinstance(value, bool)
-  elif isinstance(expected, int):
-    ok = isinstance(value, int) and not isinstance(value, bool)
-  elif isinstance(expected, float):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-  elif isinstance(expected, (tuple, list)):
-    ok = isinstance(value, (tuple, list))
+def _add_default_tasks(config) -> None:
+  """A config saved before evaluation tasks existed evaluates as it did then: the default
+  tasks (retrieval and zero-shot on its held-out split)."""
+  section = config.get("eval") if hasattr(config, "get") else None
+  if section is None or not hasattr(section, "keys") or "tasks" in section.keys():
+    return
+  tasks = default_config.default_tasks()
+  if isinstance(section, ml_collections.ConfigDict):
+    with section.unlocked():
+      section.tasks = ml_collections.ConfigDict(tasks)
   else:
-    ok = isinstance(value, type(expected))
-  if not ok:
-    raise ConfigError(
-        f"config.{name}: expected {type(expected).__name__}, got {type(value).__name__} "
-        f"({value!r})")
+    section["tasks"] = {name: task.to_dict() for name, task in tasks.items()}
 
 
-def _positive(config, *names):
-  for name in names:
-    value = _get(config, name)
-    if value <= 0:
-      raise ConfigError(f"config.{name}: must be > 0, got {value!r}")
+def rename_overrides(argv: list[str]) -> list[str]:
+  """Command-line overrides with old key names (`--config.init.from=X`, or the flag and its
+  value as two words) rewritten to the new names, before absl parses them."""
+  out = []
+  for arg in argv:
+    for old, new in RENAMED.items():
+      flag = f"--config.{old}"
+      if arg == flag or arg.startswith(flag + "="):
+        arg = f"--config.{new}" + arg[len(flag):]
+    out.append(arg)
+  return out
+
 
 
 def _get(config, dotted):
@@ -121,59 +116,46 @@ def mesh_shape(config, num_devices: int) -> dict:
   return shape
 
 
+def _check_tower(config, modality: str, tower) -> None:
+  """One tower section: its name, its kind's declared fields, and its sizes."""
+  if modality in RESERVED_BATCH_KEYS:
+    raise ConfigError(f"config.towers.{modality}: {modality!r} is a batch key the pipeline "
+                      f"adds ({', '.join(RESERVED_BATCH_KEYS)}); name the modality otherwise")
+  if not isinstance(tower, ml_collections.ConfigDict):
+    raise ConfigError(f"config.towers.{modality}: expected a tower section, got {tower!r}")
+  kind = tower.get("kind")
+  try:
+    module = towers_lib.get(kind)
+  except ConfigError as e:
+    raise ConfigError(f"config.towers.{modality}.kind: {e}") from None
+  fields.check(tower, towers_lib.fields_of(kind), f"towers.{modality}.")
+  if hasattr(module, "check"):
+    module.check(config, modality, tower)
+  elif "num_heads" in tower and tower.width % tower.num_heads:
+    raise ConfigError(
+        f"config.towers.{modality}.width: {tower.width} is not divisible by num_heads "
+        f"{tower.num_heads}")
+  width = towers_lib.output_width(tower)
+  if tower.get("head") == "none" and width != config.model.embed_dim:
+    raise ConfigError(
+        f"config.towers.{modality}.head: 'none' needs width {width} == "
+        f"model.embed_dim {config.model.embed_dim}")
+
+
 def validate(config, num_devices: int) -> None:
   """Raises ConfigError naming the first bad field; returns None when the config is usable."""
-  schema = default_config.get_config()
   towers = config.get("towers")
-  # Tower sections: each a kind's schema, checked apart from the rest.
   if not isinstance(towers, ml_collections.ConfigDict) or len(towers) < 2:
     raise ConfigError("config.towers: needs at least two towers (one per modality)")
-  schema_rest = {k: v for k, v in schema.items() if k != "towers"}
-  rest = {k: v for k, v in config.items() if k != "towers"}
-  _check_tree(ml_collections.ConfigDict(rest), ml_collections.ConfigDict(schema_rest), "")
+  for old, new in RENAMED.items():
+    section, _, key = old.rpartition(".")
+    if key in config.get(section, {}):
+      raise ConfigError(f"config.{old}: renamed config.{new}")
+  fields.check(config, default_config.SCHEMA, skip=("towers",))
   for modality, tower in towers.items():
-    if modality in RESERVED_BATCH_KEYS:
-      raise ConfigError(f"config.towers.{modality}: {modality!r} is a batch key the pipeline "
-                        f"adds ({', '.join(RESERVED_BATCH_KEYS)}); name the modality otherwise")
-    kind = tower.get("kind")
-    if kind not in default_config.TOWER_DEFAULTS:
-      raise ConfigError(
-          f"config.towers.{modality}.kind: unknown tower kind {kind!r}; known: "
-          f"{sorted(default_config.TOWER_DEFAULTS)}")
-    _check_tree(tower, default_config.tower_defaults(kind), f"towers.{modality}.")
-    for field, allowed in TOWER_CHOICES.get(kind, {}).items():
-      if tower[field] not in allowed:
-        raise ConfigError(
-            f"config.towers.{modality}.{field}: {tower[field]!r} is not one of {allowed}")
-    size = tower
-    if kind == "vit" and tower.variant:
-      from xmodal.models import vit as vit_lib   # noqa: PLC0415 (keeps config import light)
-      try:
-        size = ml_collections.ConfigDict({**tower.to_dict(), **vit_lib.parse_variant(tower.variant)})
-      except ValueError as e:
-        raise ConfigError(f"config.towers.{modality}.variant: {e}") from None
-    if "num_heads" in size and size.width % size.num_heads:
-      raise ConfigError(
-          f"config.towers.{modality}.width: {size.width} is not divisible by num_heads "
-          f"{size.num_heads}")
-    _positive(size, *(f for f in ("width", "depth", "num_heads") if f in size))
-    width = size.features if (kind == "vector" and tower.encoder == "identity") else size.width
-    if tower.get("head") == "none" and width != config.model.embed_dim:
-      raise ConfigError(
-          f"config.towers.{modality}.head: 'none' needs width {width} == "
-          f"model.embed_dim {config.model.embed_dim}")
-    if not 0 <= tower.get("patch_dropout", 0.0) < 1:
-      raise ConfigError(f"config.towers.{modality}.patch_dropout: must be in [0, 1)")
-  # Data sources the step understands: one image tower and one text tower per example.
-  kinds = sorted(t.kind for t in towers.values())
-  if config.data.source not in _READY_SOURCES and kinds != ["text", "vit"]:
-    raise ConfigError(
-        f"config.towers: data.source={config.data.source!r} gives image/caption pairs, so it "
-        f"needs one 'vit' and one 'text' tower, got kinds {kinds}")
+    _check_tower(config, modality, tower)
+  _check_record_towers(config)
 
-  for name, allowed in CHOICES.items():
-    if _get(config, name) not in allowed:
-      raise ConfigError(f"config.{name}: {_get(config, name)!r} is not one of {allowed}")
   if config.loss.positives == "group" and not _records_unroll(config):
     raise ConfigError(
         f"config.loss.positives: 'group' needs data.captions='all' on an image/caption source "
@@ -185,29 +167,15 @@ def validate(config, num_devices: int) -> None:
       raise ConfigError(
           f"config.loss.pairs: {pair!r} must be 'a:b' with two different tower names from "
           f"{sorted(towers.keys())}")
-  _positive(config, "batch_size", "train.total_steps", "train.log_every",
-            "train.checkpoint_every", "train.keep_checkpoints", "optim.lr",
-            "data.image_size", "data.context_length", "model.embed_dim", "eval.batch_size")
+  text_fits_towers(config)
   if config.optim.warmup_steps >= config.train.total_steps:
     raise ConfigError(
         f"config.optim.warmup_steps: {config.optim.warmup_steps} must be below "
         f"train.total_steps {config.train.total_steps}")
   for name in ("data.crop_scale", "data.crop_ratio"):
     low_high = _get(config, name)
-    if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
-      raise ConfigError(f"config.{name}: expected (low, high) with 0 < low <= high, got {low_high}")
-  if config.data.crop_scale[1] > 1:
-    raise ConfigError(f"config.data.crop_scale: area fraction above 1: {config.data.crop_scale}")
-  vit = [t for t in towers.values() if t.kind == "vit"]
-  for t in vit:
-    patch = t.patch_size
-    if t.variant and "/" in t.variant:
-      patch = int(t.variant.split("/")[1])
-    if config.data.image_size % patch:
-      raise ConfigError(
-          f"config.data.image_size: {config.data.image_size} is not divisible by the ViT "
-          f"patch_size {patch}")
-
+    if len(low_high) != 2 or not low_high[0] <= low_high[1]:
+      raise ConfigError(f"config.{name}: expected (low, high) with low <= high, got {low_high}")
   for rule in config.sharding.rules:
     axes = rule[1] if len(rule) == 2 else None
     axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
@@ -228,7 +196,6 @@ def validate(config, num_devices: int) -> None:
     raise ConfigError(
         f"config.batch_size: {config.batch_size} is not divisible by the {batch_shards} "
         f"batch shards (mesh data={shape['data']} x fsdp={shape['fsdp']}, {num_devices} devices)")
-  _positive(config, "train.microbatches", "loss.tile_size")
   per_shard = config.batch_size // batch_shards
   if per_shard % config.train.microbatches:
     raise ConfigError(
@@ -240,15 +207,78 @@ def validate(config, num_devices: int) -> None:
         f"{batch_shards} batch shards")
 
   _validate_data(config)
-  source = config.init["from"]
+  source = config.init.source
   if source and not os.path.exists(os.path.expanduser(source)):
-    raise ConfigError(f"config.init.from: no such file or directory {source!r}")
+    raise ConfigError(f"config.init.source: no such file or directory {source!r}")
+  if config.init.map and not source:    # else the map would silently do nothing
+    raise ConfigError("config.init.map: set, but config.init.source is empty: nothing to map "
+                      "from; set config.init.source to converted weights or a workdir")
   for pair in config.init.map:
     if len(pair) != 2 or not all(isinstance(p, str) for p in pair):
       raise ConfigError(f"config.init.map: {pair!r} must be (dst_regex, src_template)")
   for field in ("train.frozen", "train.unfrozen"):
-    if isinstance(_get(config, field), str):
-      raise ConfigError(f"config.{field}: expected a tuple of regexes, got a string")
+    for pattern in _get(config, field):
+      try:
+        re.compile(pattern)
+      except (re.error, TypeError) as e:
+        raise ConfigError(f"config.{field}: {pattern!r} is not a regex ({e})") from None
+  _validate_eval_prompts(config)
+  _validate_eval_tasks(config)
+
+
+def _check_record_towers(config) -> None:
+  """Sources of records (everything but synthetic / features) feed each tower through its
+  kind's preparer; captions="all" unrolls the captions of one text tower."""
+  if config.data.source in _ready_sources():
+    return
+  for name, tower in config.towers.items():
+    if not hasattr(towers_lib.get(tower.kind), "preparer"):
+      raise ConfigError(
+          f"config.towers.{name}.kind: {tower.kind!r} has no preparer (it reads tower-ready "
+          f"arrays only), so data.source={config.data.source!r} cannot feed it; use "
+          f"data.source='synthetic' or 'features'")
+  text = [n for n, t in config.towers.items() if t.kind == "text"]
+  if config.data.captions == "all" and len(text) != 1:
+    raise ConfigError(f"config.data.captions: 'all' unrolls the captions of one text tower, "
+                      f"but there are {len(text)} ({text})")
+
+
+def _validate_eval_split(config):
+  from xmodal.data import source_kinds   # noqa: PLC0415
+  d = config.data
+  source_kinds.get(d.eval_source or d.source).check(config, "eval")
+
+
+def _validate_train_split(config):
+  """Each part of the train split checks its own fields (xmodal/data/source_kinds)."""
+  from xmodal.data import pipeline, source_kinds   # noqa: PLC0415
+  d = config.data
+  if d.source == "mixture":
+    try:
+      parts = pipeline.parse_mixture(d.mixture)
+    except ValueError as e:
+      raise ConfigError(f"config.data.mixture: {e}") from None
+    for kind, pattern, _ in parts:
+      source_kinds.get(kind).check(config, "train", "data.mixture", pattern)
+  else:
+    source_kinds.get(d.source).check(config, "train")
+
+
+def validate_splits(config, splits) -> None:
+  """The files of the given splits ("train", "eval") of config.data exist."""
+  if "train" in splits:
+    _validate_train_split(config)
+  if "eval" in splits:
+    _validate_eval_split(config)
+
+
+def _validate_eval_tasks(config):
+  """Each task of config.eval.tasks: its kind, fields, data and the kind's own rules."""
+  from xmodal.evaluate import kinds
+  kinds.check(config)
+
+
+def _validate_eval_prompts(config):
   if config.eval.classnames and not os.path.exists(config.eval.classnames):
     raise ConfigError(f"config.eval.classnames: no such file {config.eval.classnames!r}")
   for template in config.eval.templates:
@@ -256,73 +286,35 @@ def validate(config, num_devices: int) -> None:
       raise ConfigError(f"config.eval.templates: {template!r} has no '{{}}' for the class name")
 
 
-def _check_files(name: str, pattern: str, why: str):
-  from xmodal.data import sources
-  if not pattern:
-    raise ConfigError(f"config.{name}: required {why}")
-  try:
-    sources.expand_pattern(pattern)
-  except sources.SourceError as e:
-    raise ConfigError(f"config.{name}: {e}") from None
-
-
-def _check_kind(config, kind: str, split: str, field: str, pattern: str):
-  """One source kind of one split; `field` names the config field holding `pattern`."""
-  d = config.data
-  why = f"when the {split} data is {kind!r}"
-  if kind in ("manifest", "webdataset", "arrayrecord", "features"):
-    _check_files(field, pattern, why)
-  elif kind == "tfds":
-    if not d.tfds_name:
-      raise ConfigError(f"config.data.tfds_name: required {why}")
-    if not pattern:
-      raise ConfigError(f"config.{field}: required {why}")
-    from xmodal.data import sources
-    try:
-      sources.parse_keys(d.tfds_keys)
-    except ValueError as e:
-      raise ConfigError(f"config.data.tfds_keys: {e}") from None
-    if d.tfds_data_dir and not os.path.isdir(os.path.expanduser(d.tfds_data_dir)):
-      raise ConfigError(f"config.data.tfds_data_dir: no such folder {d.tfds_data_dir!r}")
+def validate_eval(config, splits=(), tasks: bool = True) -> None:
+  """What `xmodal eval` needs of a trained run's config with new evaluation fields: their
+  declared types, choices and ranges, the zero-shot prompts and the tasks, each with the
+  files of the splits it reads (the run's own splits need exist only where a task reads
+  them). `xmodal embed` asks for the split it reads (`splits`) and no tasks."""
+  for section in ("data", "eval"):
+    fields.check(config[section], default_config.SCHEMA[section], section + ".")
+  validate_splits(config, splits)
+  if tasks:
+    _validate_eval_prompts(config)
+    _validate_eval_tasks(config)
 
 
 def _validate_data(config):
   d = config.data
-  from xmodal.data import pipeline, tokenizer
-  # Train split.
-  if d.source == "mixture":
-    try:
-      parts = pipeline.parse_mixture(d.mixture)
-    except ValueError as e:
-      raise ConfigError(f"config.data.mixture: {e}") from None
-    for kind, pattern, _ in parts:
-      _check_kind(config, kind, "train", "data.mixture", pattern)
-    if not d.eval_source:
-      raise ConfigError("config.data.eval_source: required when data.source='mixture' (the "
-                        "kind of the eval split, read from data.eval_files / tfds_eval_split)")
-  elif d.source == "manifest":
-    field = "data.train_files" if d.train_files else "data.train_manifest"
-    _check_kind(config, "manifest", "train", field, d.train_files or d.train_manifest)
-  elif d.source == "tfds":
-    _check_kind(config, "tfds", "train", "data.tfds_train_split", d.tfds_train_split)
-  elif d.source not in ("shapes", "synthetic"):
-    _check_kind(config, d.source, "train", "data.train_files", d.train_files)
-  # Eval split.
-  kind = d.eval_source or d.source
-  if kind == "manifest":
-    field = "data.eval_files" if d.eval_files else "data.eval_manifest"
-    _check_kind(config, "manifest", "eval", field, d.eval_files or d.eval_manifest)
-  elif kind == "tfds":
-    _check_kind(config, "tfds", "eval", "data.tfds_eval_split", d.tfds_eval_split)
-  elif kind not in ("shapes", "synthetic"):
-    _check_kind(config, kind, "eval", "data.eval_files", d.eval_files)
+  from xmodal.data import tokenizer
+  _validate_train_split(config)
+  if d.source == "mixture" and not d.eval_source:
+    raise ConfigError("config.data.eval_source: required when data.source='mixture' (the "
+                      "kind of the eval split, read from data.eval_files / tfds_eval_split)")
+  _validate_eval_split(config)
   # Images and text.
   if d.image_dtype == "uint8" and d.normalize != "none":
     raise ConfigError(f"config.data.normalize: {d.normalize!r} needs data.image_dtype="
                       f"'float32' (uint8 images are normalised by the image tower)")
-  _positive(config, "data.read_threads")
-  if d.num_workers < 0:
-    raise ConfigError(f"config.data.num_workers: must be >= 0, got {d.num_workers}")
+  bg = d.alpha_background
+  if len(bg) != 3 or not all(isinstance(c, int) and not isinstance(c, bool) for c in bg):
+    raise ConfigError(f"config.data.alpha_background: expected (r, g, b) with ints in 0..255, "
+                      f"got {tuple(bg)!r}")
   if d.tokenizer != "bytes":
     if not d.tokenizer_path:
       raise ConfigError(f"config.data.tokenizer_path: required for data.tokenizer="
@@ -350,10 +342,30 @@ def _validate_data(config):
           f"{tok.vocab_size - 1}); use 'eot' (the last real token, EOS for every tokenizer)")
 
 
+def text_fits_towers(config) -> None:
+  """data.context_length tokens must fit each text tower's position table (its
+  context_length; 0 = the data's, which always fits): a converted tower has the length its
+  weights were trained with."""
+  length = config.data.context_length
+  for name, tower in config.towers.items():
+    table = tower.get("context_length", 0) if tower.get("kind") == "text" else 0
+    if table and length > table:
+      raise ConfigError(
+          f"config.data.context_length: {length} tokens do not fit "
+          f"config.towers.{name}.context_length {table} (the tower's position table); set "
+          f"data.context_length <= {table}")
+
+
 def _records_unroll(config) -> bool:
   """True when one record yields several examples: data.captions="all" on an image/caption
   source (tower-ready sources have no captions to unroll)."""
-  return config.data.captions == "all" and config.data.source not in _READY_SOURCES
+  return config.data.captions == "all" and config.data.source not in _ready_sources()
+
+
+def _ready_sources() -> tuple[str, ...]:
+  """Sources of tower-ready records, no captions (xmodal/data/source_kinds READY)."""
+  from xmodal.data import source_kinds   # noqa: PLC0415
+  return source_kinds.ready_kinds()
 
 
 def group_positives(config) -> bool:

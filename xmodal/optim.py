@@ -1,11 +1,15 @@
-"""Optimizer: AdamW with linear warmup + cosine decay, global-norm clipping, and weight
-decay masked off norms, biases and the loss scalars (every parameter with fewer than two
-dimensions), as in CLIP and open_clip."""
+"""Optimizer: AdamW with linear warmup + cosine decay, global-norm clipping, weight decay
+masked off norms, biases and the loss scalars (every parameter with fewer than two
+dimensions), and the learned scale kept at most `loss.max_scale`, as in CLIP and open_clip."""
 
 import re
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
+
+from xmodal.config import ConfigError
 
 FROZEN, TRAINABLE = "frozen", "trainable"
 
@@ -18,7 +22,7 @@ def param_names(params) -> list[str]:
 
 def frozen_labels(config):
   """A function params -> tree of "frozen"/"trainable" labels from config.train.frozen and
-  config.train.unfrozen (regexes, full match). Raises ValueError naming any pattern that
+  config.train.unfrozen (regexes, full match). Raises ConfigError naming any pattern that
   matches no parameter."""
   frozen, unfrozen = tuple(config.train.frozen), tuple(config.train.unfrozen)
 
@@ -27,7 +31,7 @@ def frozen_labels(config):
     for field, patterns in (("frozen", frozen), ("unfrozen", unfrozen)):
       for pattern in patterns:
         if not any(re.fullmatch(pattern, n) for n in names):
-          raise ValueError(
+          raise ConfigError(
               f"config.train.{field}: pattern {pattern!r} matches no parameter; names look "
               f"like {names[:3]}")
     def label(name):
@@ -63,6 +67,29 @@ def make_optimizer(config) -> optax.GradientTransformation:
                                frozen_labels(config))
 
 
+def clamp_scale(max_scale: float) -> optax.GradientTransformation:
+  """The last link of the chain: an update that would take the top-level `logit_scale`
+  above log(max_scale) stops it there, so the parameter after the step is clamped, as
+  open_clip clamps it after each optimizer step. The loss uses the parameter as it is (no
+  clip in the forward pass: the logged scale is the loss's, and the gradient at the bound is
+  whole). A frozen scale is masked out of the chain and never touched.
+
+  Exact: p + (min(p + u, bound) - p) is bound itself when clamped and p + u otherwise
+  (both differences are exact in float32 for |u| < |p|)."""
+  bound = np.float32(np.log(np.float64(max_scale)))   # the same float32 as the parameter
+
+  def update(updates, state, params=None):
+    u = updates.get("logit_scale") if isinstance(updates, dict) else None
+    if u is None or isinstance(u, optax.MaskedNode):
+      return updates, state
+    if params is None:
+      raise ValueError("clamp_scale needs the params in tx.update(grads, state, params)")
+    p = params["logit_scale"]
+    return {**updates, "logit_scale": jnp.minimum(p + u, bound) - p}, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def _adamw(config) -> optax.GradientTransformation:
   o = config.optim
   parts = []
@@ -70,4 +97,5 @@ def _adamw(config) -> optax.GradientTransformation:
     parts.append(optax.clip_by_global_norm(o.grad_clip))
   parts.append(optax.adamw(schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
                            weight_decay=o.weight_decay, mask=decay_mask))
+  parts.append(clamp_scale(config.loss.max_scale))
   return optax.chain(*parts)

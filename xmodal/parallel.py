@@ -43,12 +43,14 @@ def global_batch(mesh, local: dict) -> dict:
           for k, v in local.items()}
 
 
-def sum_over_processes(value: int) -> int:
-  """The sum of an integer over all processes (a collective: every process must call it)."""
+def sum_over_processes(value):
+  """The sum of an integer (or an int vector, elementwise) over all processes (a
+  collective: every process must call it)."""
   if jax.process_count() == 1:
-    return int(value)
+    return int(value) if np.ndim(value) == 0 else np.asarray(value, np.int64)
   from jax.experimental import multihost_utils
-  return int(np.sum(multihost_utils.process_allgather(np.int64(value))))
+  total = np.sum(multihost_utils.process_allgather(np.asarray(value, np.int64)), axis=0)
+  return int(total) if np.ndim(value) == 0 else total
 
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,

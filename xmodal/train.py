@@ -7,16 +7,16 @@
 import json
 import logging
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xmodal import checkpoint, config as config_lib, embed, evaluate, losses, metrics as metrics_lib
-from xmodal import init as init_lib, microbatch, optim, parallel, prefetch, sharding
-from xmodal.data import pipeline
+from xmodal import checkpoint, config as config_lib, evaluate, losses, metrics as metrics_lib
+from xmodal import guard, init as init_lib, interrupt, microbatch, optim, parallel, prefetch
+from xmodal import progress, sharding, towers
+from xmodal.data import bad as bad_lib, pipeline
 from xmodal.models import model as model_lib
 
 
@@ -45,14 +45,27 @@ def make_train_step(model, tx, objective, schedule, microbatches: int = 1, seed:
       (loss, per_pair), grads = grad_fn(state["params"], inputs, rng, ids)
     else:
       (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    step_metrics = {"loss": loss, **per_pair, "grad_norm": optax.tree.norm(grads),
-                    "lr": schedule(state["step"]), "scale": jnp.exp(params["logit_scale"]),
-                    "temperature": jnp.exp(-params["logit_scale"])}
-    if "logit_bias" in params:
-      step_metrics["bias"] = params["logit_bias"]
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, step_metrics
+    grad_norm = optax.tree.norm(grads)
+
+    def update(state):
+      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+      return {**state, "params": optax.apply_updates(state["params"], updates),
+              "opt_state": opt_state}
+
+    # The whole state transition (an EMA or teacher update added later belongs in here too)
+    # is skipped, every leaf kept, when the loss or the gradient is not finite (guard.py).
+    # The step counter advances either way, with the data.
+    ok = guard.is_finite(loss, grad_norm)
+    new_state = guard.update_if(ok, update, state)
+    new_state["step"] = state["step"] + 1
+    used = state["params"]            # the scale and bias this step's loss was computed with
+    step_metrics = {"loss": loss, **per_pair, "grad_norm": grad_norm,
+                    "lr": schedule(state["step"]), "scale": jnp.exp(used["logit_scale"]),
+                    "temperature": jnp.exp(-used["logit_scale"]),
+                    guard.SKIPPED: jnp.logical_not(ok)}
+    if "logit_bias" in used:
+      step_metrics["bias"] = used["logit_bias"]
+    return new_state, step_metrics
 
   return train_step
 
@@ -83,10 +96,24 @@ FIXED_CHANGES = ("train.frozen", "train.unfrozen")   # change the optimizer stat
 def save_config(config, workdir: str) -> None:
   """Writes workdir/config.json; if the workdir already holds a run, first checks that the
   config is the same run (only RESUMABLE_CHANGES may differ)."""
+  check_config(config, workdir)
+  write_config(config, workdir)
+
+
+def write_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+
+
+def check_config(config, workdir: str) -> None:
+  """Raises ConfigError if the workdir holds a run that `config` is not (only
+  RESUMABLE_CHANGES may differ). Reads only."""
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     with open(path) as f:
-      saved = _flatten(json.load(f))
+      saved = _flatten(config_lib.upgrade(json.load(f)))   # keys renamed since: new names
     now = _flatten(json.loads(config.to_json()))
     defaults = _schema_defaults(config)
     for key in sorted(set(saved) | set(now)):
@@ -96,10 +123,6 @@ def save_config(config, workdir: str) -> None:
         raise config_lib.ConfigError(
             f"config.{key}: the workdir {workdir} holds a run with {key}={before!r}, "
             f"but this config has {now.get(key)!r}; use another --workdir to start a new run")
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      f.write(config.to_json(indent=2))
 
 
 def _schema_defaults(config) -> dict:
@@ -109,7 +132,7 @@ def _schema_defaults(config) -> dict:
   tree = json.loads(default_config.get_config().to_json())
   tree["towers"] = {name: json.loads(default_config.tower_defaults(tower.kind).to_json())
                     for name, tower in config.towers.items()
-                    if tower.get("kind") in default_config.TOWER_DEFAULTS}
+                    if towers.known(tower.get("kind"))}
   return _flatten(tree)
 
 
@@ -125,24 +148,27 @@ def _flatten(tree, prefix=""):
 
 def train(config, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
+  config_lib.upgrade(config)
+  init_lib.resolve(config)          # what the weights of init.source fix (max_scale, ...)
   config_lib.validate(config, jax.device_count())
   mesh = parallel.make_mesh(config)
-  with sharding.context(config, mesh):
-    return _train(config, workdir, mesh)
+  with sharding.context(config, mesh), interrupt.StopOnSignal() as signals:
+    return _train(config, workdir, mesh, signals)
 
 
-def _train(config, workdir: str, mesh) -> dict:
+def _train(config, workdir: str, mesh, signals) -> dict:
   # ---------------------------------------------------------------- setup
   model = model_lib.MultiTower(config)
   tx = optim.make_optimizer(config)
   schedule = optim.schedule(config)
   objective = losses.make_objective(config, mesh)
-  save_config(config, workdir)
+  # Nothing is written to the workdir before the first step has run (config.json after
+  # it, the writer and checkpointer on first use): a start that fails leaves it as it was.
+  check_config(config, workdir)
   writer = metrics_lib.MetricWriter(workdir)
   modalities = list(config.towers)           # batch keys: one per tower
   # ... and the group ids when rows of one record are each other's positives.
   batch_keys = modalities + ([pipeline.GROUP_KEY] if config_lib.group_positives(config) else [])
-  first_pair = config_lib.loss_pairs(config)[0]
   logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
                jax.process_count())
 
@@ -157,36 +183,49 @@ def _train(config, workdir: str, mesh) -> dict:
 
   # ---------------------------------------------------------------- restore or init
   ckpt = checkpoint.Checkpointer(workdir, config.train.keep_checkpoints)
-  start = ckpt.latest_step()
-  meta = ckpt.read_meta(start) if start is not None else None
-  # The iterator's own saved state fits only the same processes and workers; on another
-  # topology the data stream restarts at the same global position instead.
-  same_topology = meta is not None and meta["process_count"] == jax.process_count() and (
-      meta["num_workers"] == config.data.num_workers)
-  stream = {"first_example": 0, "step": 0, "skipped": 0}   # where this data stream began
-  if meta is not None:
+
+  def open_stream(first_example=0):   # batches on the device before the step asks for them
+    return iter(prefetch.to_device(
+        pipeline.train_dataset(config, jax.process_index(), jax.process_count(), first_example),
+        prefetch.device_batch(mesh, batch_keys)))
+
+  def resume(step):                 # raises if the checkpoint is damaged
+    meta = ckpt.read_meta(step)
+    # The iterator's own saved state fits only the same processes and workers; on another
+    # topology the data stream restarts at the same global position instead.
+    same_topology = meta["process_count"] == jax.process_count() and (
+        meta["num_workers"] == config.data.num_workers)
     stream = meta["stream"] if same_topology else {
-        "first_example": meta["examples_consumed"], "step": start, "skipped": meta["skipped"]}
-  data_iter = iter(prefetch.to_device(   # batches on the device before the step asks
-      pipeline.train_dataset(config, jax.process_index(), jax.process_count(),
-                             stream["first_example"]), prefetch.device_batch(mesh, batch_keys)))
-  if meta is not None:
-    state = ckpt.restore(start, abstract_state, data_iter if same_topology else None)
+        "first_example": meta["examples_consumed"], "step": step, "skipped": meta["skipped"]}
+    data_iter = open_stream(stream["first_example"])
+    state = ckpt.restore(step, abstract_state, data_iter if same_topology else None)
+    return meta, stream, data_iter, state, same_topology
+
+  start, resumed = ckpt.restore_newest(resume)
+  meta = None
+  if resumed is not None:
+    meta, stream, data_iter, state, same_topology = resumed
     print(f"resumed from {checkpoint.checkpoint_dir(workdir)}/{start}"
           + ("" if same_topology else
              f" (new topology: data from example {stream['first_example']})"), flush=True)
   else:
     start = 0
+    stream = {"first_example": 0, "step": 0, "skipped": 0}   # where this data stream began
+    data_iter = open_stream()
     state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(config.seed))
-    if config.init["from"]:
-      state["params"] = init_lib.load_into(state["params"], config.init["from"],
-                                           config.init.map)
+    loaded = []
+    if config.init.source:
+      state["params"], loaded = init_lib.load_into(state["params"], config.init.source,
+                                                   config.init.map)
       state["opt_state"] = jax.jit(tx.init, out_shardings=state_sharding["opt_state"])(
           state["params"])
-      print(f"initialised from {config.init['from']}", flush=True)
+      print(f"initialised from {config.init.source}", flush=True)
+    init_lib.check_frozen(config, state["params"], loaded)
   skipped_total = meta["skipped"] if meta is not None else 0      # over all processes
-  eval_data = pipeline.eval_arrays(config)
-  embedder = embed.Embedder(model, mesh, config.eval.batch_size)
+  # ... and by reason (data/skipped/<reason>); checkpoints from before reasons start at 0.
+  by_reason_total = np.asarray((meta or {}).get("skipped_by_reason", [0] * len(
+      bad_lib.REASONS)), np.int64)
+  evaluation = evaluate.Evaluation(config, model, mesh)     # the tasks of config.eval.tasks
   print(f"model: {num_params / 1e6:.2f}M params; towers {list(config.towers)}; "
         f"loss {config.loss.name}/{config.loss.impl}"
         f"{' (group positives)' if pipeline.GROUP_KEY in batch_keys else ''}; "
@@ -196,66 +235,89 @@ def _train(config, workdir: str, mesh) -> dict:
   step_fn = jit_train_step(config, mesh, model, tx, objective, schedule, state_sharding,
                            batch_keys)
 
-  def run_eval(step):
-    t0 = time.time()
-    results, z = evaluate.run(config, embedder, state["params"], eval_data)
-    results["eval/time_s"] = time.time() - t0
-    writer.write(step, results, "eval: ")
-    a, b = first_pair
-    metrics_lib.plot_similarity(workdir, z[a], z[b], a, b, step)
+  def run_eval(step, final=False):  # the tasks due at `step` (every task when final)
+    results = evaluation.run_due(step, state["params"], final)
+    if results is not None:
+      writer.write(step, results, "eval: ")
+      evaluation.plot_similarity(workdir, step)
     return results
 
   # ---------------------------------------------------------------- loop
   total = config.train.total_steps
   pending = []                      # per-step metrics (device arrays) since the last log
   skipped_local = 0                 # this process's bad rows since the last log/checkpoint
+  by_reason_local = np.zeros(len(bad_lib.REASONS), np.int64)      # ... by reason
   epoch = 0                         # the newest epoch this process has read from
-  interval_start, interval_steps = time.time(), 0
+  clock = progress.Clock(start, total, config.batch_size, bar=jax.process_index() == 0)
+  nonfinite = guard.SkipCounter(config.train.max_nonfinite_steps, config=config,
+                                before_stop=ckpt.wait, **(meta or {}).get("nonfinite", {}))
+
+  def sum_skipped():                # a collective: every process calls it at the same steps
+    nonlocal skipped_total, by_reason_total, skipped_local, by_reason_local
+    summed = parallel.sum_over_processes(np.concatenate([[skipped_local], by_reason_local]))
+    skipped_total += int(summed[0])
+    by_reason_total = by_reason_total + summed[1:]
+    skipped_local, by_reason_local = 0, np.zeros_like(by_reason_local)
+
+  def save(done):
+    nonfinite.check()
+    consumed = (stream["first_example"] + (done - stream["step"]) * config.batch_size
+                + skipped_total - stream["skipped"])
+    ckpt.save(done, state, data_iter, {
+        "step": done, "skipped": skipped_total,
+        "skipped_by_reason": [int(c) for c in by_reason_total],
+        "process_count": jax.process_count(), "num_workers": config.data.num_workers,
+        "examples_consumed": consumed, "stream": stream, "nonfinite": nonfinite.state()},
+        force=True)
+
   for step in range(start, total):
-    local = next(data_iter)
+    local = clock.next(data_iter)
     skipped_local += int(local["skipped"].sum())
+    by_reason_local = by_reason_local + local[pipeline.SKIPPED_REASONS_KEY].sum(0)
     epoch = max(epoch, int(local["epoch"].max()))
     batch = {k: local[k] for k in batch_keys}
     state, step_metrics = step_fn(state, batch)
-    pending.append(step_metrics)
     done = step + 1
+    nonfinite.record(done, step_metrics)
+    pending.append(step_metrics)
     if step == start:               # the first call compiles: timed apart from the rest
       jax.block_until_ready(state)
-      writer.write(done, {"compile_time_s": time.time() - interval_start}, "first step: ")
-      interval_start, interval_steps = time.time(), 0
+      write_config(config, workdir)  # the run exists from here on (checked at setup)
+      writer.write(done, {"compile_time_s": clock.first_step_done()}, "first step: ")
     else:
-      interval_steps += 1
+      clock.step_done()
 
     log_now = done % config.train.log_every == 0 or done == total
     save_now = done % config.train.checkpoint_every == 0 or done == total
     if log_now or save_now:         # every process takes part in this sum
-      skipped_total += parallel.sum_over_processes(skipped_local)
-      skipped_local = 0
+      sum_skipped()
+      nonfinite.check()
     if log_now:
       fetched = jax.device_get(pending)
       logged = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      step_time = (time.time() - interval_start) / max(interval_steps, 1)
-      logged.update({"step_time_s": step_time, "steps_per_s": 1.0 / step_time,
-                     "examples_per_s": config.batch_size / step_time,
-                     "eta_s": step_time * (total - done), "data/skipped": skipped_total,
-                     "data/epoch": epoch})
+      logged.update(clock.interval(done, logged["loss"]))
+      logged.update({"data/skipped": skipped_total, **bad_lib.named(by_reason_total),
+                     "data/epoch": epoch, "train/skipped_steps": nonfinite.total})
       writer.write(done, logged)
-      pending, interval_start, interval_steps = [], time.time(), 0
+      pending = []
 
-    if config.train.eval_every and done % config.train.eval_every == 0 and done != total:
-      interval_start += run_eval(done)["eval/time_s"]   # keep eval out of steps/s
+    if done != total and (results := run_eval(done)) is not None:
+      clock.exclude(results["eval/time_s"])   # keep eval out of steps/s
     if save_now:
-      consumed = (stream["first_example"] + (done - stream["step"]) * config.batch_size
-                  + skipped_total - stream["skipped"])
-      ckpt.save(done, state, data_iter, {
-          "step": done, "skipped": skipped_total, "process_count": jax.process_count(),
-          "num_workers": config.data.num_workers, "examples_consumed": consumed,
-          "stream": stream}, force=True)
+      save(done)
+    if signals.stop_now(sync_point=log_now or save_now):   # SIGINT / SIGTERM: save, stop
+      if not save_now:
+        sum_skipped()
+        save(done)
+      ckpt.wait()
+      data_iter.close()
+      raise interrupt.Interrupted(signals.signum, done, os.path.join(ckpt.directory, str(done)))
 
   # ---------------------------------------------------------------- finish
   data_iter.close()                 # stops the prefetch threads
+  clock.close()
   ckpt.wait()
-  final = run_eval(int(state["step"]))
+  final = run_eval(int(state["step"]), final=True)
   ckpt.close()
   metrics_lib.plot_loss_curve(workdir)
   if jax.process_index() == 0:

@@ -51,29 +51,96 @@ class Report:
     return "\n".join(lines)
 
 
+DEFAULT_MAX_SCALE = 100.0     # default_config's loss.max_scale
+
+
+def scale_bound(logit_scale, current: float = DEFAULT_MAX_SCALE) -> float:
+  """The loss.max_scale that admits a checkpoint's logit_scale (a log): `current` when the
+  scale is within it, else exp(logit_scale), whose log rounds back to the same float32,
+  so the optimizer's clamp (optim.clamp_scale) leaves the loaded value as it is."""
+  s = np.float32(np.asarray(logit_scale, np.float32).reshape(()))
+  if s <= np.float32(np.log(np.float64(current))):
+    return current
+  return float(np.exp(np.float64(s)))
+
+
 @dataclasses.dataclass
 class Converted:
   towers: dict            # {modality: ConfigDict tower section}
   params: dict            # nested numpy params
   report: Report
   embed_dim: int
-  extra: dict = dataclasses.field(default_factory=dict)   # image_size, loss, ...
+  extra: dict = dataclasses.field(default_factory=dict)   # image_size, loss, context_length
+
+  def settings(self) -> dict:
+    """{dotted config key: value} that the conversion fixes beside the tower sections:
+    model.embed_dim; when known data.image_size, data.context_length (the fixed text length
+    CLIP and SigLIP were trained with; SigLIP pools at its last position), loss.name; and
+    loss.max_scale when the checkpoint's scale is above the default bound (SigLIP)."""
+    out = {"model.embed_dim": self.embed_dim}
+    for key, field in _EXTRA_FIELDS.items():
+      if key in self.extra:
+        out[field] = self.extra[key]
+    if "logit_scale" in self.params:
+      bound = scale_bound(self.params["logit_scale"])
+      if bound > DEFAULT_MAX_SCALE:
+        out["loss.max_scale"] = bound
+    return out
 
   def apply_to(self, config):
-    """Sets config.towers[modality] (over the kind's defaults), model.embed_dim and, when
-    known, data.image_size and loss.name. Returns config."""
-    from xmodal import default_config  # noqa: PLC0415
-    config.towers = ml_collections.ConfigDict()
-    for modality, section in self.towers.items():
+    """Sets config.towers[modality] (over the kind's defaults; other towers are dropped) and
+    `settings()`. Returns config."""
+    return apply_saved(config, {m: dict(t) for m, t in self.towers.items()}, self.settings(),
+                       replace_towers=True)
+
+
+def apply_saved(config, towers: dict, settings: dict, replace_towers: bool = False):
+  """Writes converted tower sections (over their kind's defaults) and dotted `settings` into
+  config; replace_towers=False keeps the config's other towers. Returns config."""
+  from xmodal import default_config  # noqa: PLC0415
+  with config.unlocked():
+    if replace_towers:
+      config.towers = ml_collections.ConfigDict()
+    for modality, section in towers.items():
       tower = default_config.tower_defaults(section["kind"])
-      tower.update(dict(section))
+      tower.update({k: tuple(v) if isinstance(v, list) else v for k, v in section.items()})
       config.towers[modality] = tower
-    config.model.embed_dim = self.embed_dim
-    if "image_size" in self.extra:
-      config.data.image_size = self.extra["image_size"]
-    if "loss" in self.extra:
-      config.loss.name = self.extra["loss"]
-    return config
+    for key, value in settings.items():
+      *path, last = key.split(".")
+      node = config
+      for part in path:
+        node = node[part]
+      node[last] = value
+  return config
+
+
+# towers.json (tools/convert_weights.py): "towers" (the sections), "model.embed_dim",
+# "extra.<key>" for Converted.extra, "loss.max_scale" when above the default, and the report.
+_EXTRA_FIELDS = {"image_size": "data.image_size", "context_length": "data.context_length",
+                 "loss": "loss.name"}
+
+
+def towers_json(conv: Converted, kind: str) -> dict:
+  """What tools/convert_weights.py writes to towers.json for a conversion."""
+  settings = conv.settings()
+  return {"kind": kind, "towers": {m: t.to_dict() for m, t in conv.towers.items()},
+          "model.embed_dim": conv.embed_dim,
+          **{f"extra.{k}": v for k, v in conv.extra.items()},
+          **{k: settings[k] for k in ("loss.max_scale",) if k in settings},
+          "unused_source_keys": conv.report.unused, "notes": conv.report.notes}
+
+
+def read_saved(folder: str) -> tuple[dict, dict]:
+  """(tower sections, settings as in `Converted.settings`) from the towers.json that
+  tools/convert_weights.py wrote in `folder`."""
+  meta = read_json(os.path.join(folder, "towers.json"))
+  settings = {"model.embed_dim": meta["model.embed_dim"]}
+  for key, field in _EXTRA_FIELDS.items():
+    if f"extra.{key}" in meta:
+      settings[field] = meta[f"extra.{key}"]
+  if "loss.max_scale" in meta:
+    settings["loss.max_scale"] = meta["loss.max_scale"]
+  return meta["towers"], settings
 
 
 class StateDict:

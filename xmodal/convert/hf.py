@@ -101,7 +101,8 @@ def convert_clip(state: dict, hf_config: dict, image: str = "image", text: str =
     params["logit_scale"] = sd("logit_scale").reshape(())
   report = Report("hf CLIPModel", unused=sd.unused(ignore=(r".*position_ids",)), notes=notes)
   return Converted(towers, params, report, embed_dim,
-                   {"image_size": image_size or native, "loss": "softmax"})
+                   {"image_size": image_size or native, "loss": "softmax",
+                    "context_length": tc["max_position_embeddings"]})
 
 
 def convert_siglip(state: dict, hf_config: dict, image: str = "image", text: str = "text",
@@ -162,7 +163,8 @@ def convert_siglip(state: dict, hf_config: dict, image: str = "image", text: str
            "pad ids (xmodal masks the trailing pad_id keys in bidirectional towers)"]
   report = Report("hf SiglipModel", unused=sd.unused(ignore=(r".*position_ids",)), notes=notes)
   return Converted(towers, params, report, embed_dim,
-                   {"image_size": image_size or native, "loss": "sigmoid"})
+                   {"image_size": image_size or native, "loss": "sigmoid",
+                    "context_length": tc["max_position_embeddings"]})
 
 
 def convert_bert(state: dict, hf_config: dict, text: str = "text", pool: str = "mean",

@@ -84,4 +84,5 @@ def convert(state: dict, model_cfg: dict | None = None, image: str = "image",
     params["logit_scale"] = np.asarray(sd("logit_scale")).reshape(())
   report = Report("open_clip", unused=sd.unused(ignore=(r"attn_mask",)))
   return Converted(towers, params, report, embed_dim,
-                   {"image_size": image_size or native, "loss": "softmax"})
+                   {"image_size": image_size or native, "loss": "softmax",
+                    "context_length": towers[text].context_length})

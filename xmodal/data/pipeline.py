@@ -29,23 +29,31 @@ it as multi-positive group ids when `config_lib.group_positives(config)`.
 
 import dataclasses
 import logging
+import os
+import signal
 
 import grain
 import numpy as np
 
-from xmodal.data import manifest, shapes, sources, synthetic, tokenizer as tokenizer_lib
-from xmodal.data import transforms
+from xmodal import towers as towers_lib
+from xmodal.data import bad as bad_lib, decoders
+from xmodal.data import shapes, source_kinds, sources
+from xmodal.towers import text as text_kind
 
 # Sources whose records are already tower inputs ({modality: array, "label"}): no decoding,
 # augmentation or tokenizing, any towers.
-READY_SOURCES = ("synthetic", "features")
+READY_SOURCES = source_kinds.ready_kinds()
 
 # batch[GROUP_KEY]: int32 group ids, the record's global stream position modulo
 # GROUP_MODULUS (int32; positions within one batch never lie 2**31 apart).
 GROUP_KEY = "group"
 GROUP_MODULUS = 2 ** 31
 
-SOURCE_KINDS = ("shapes", "manifest", "webdataset", "arrayrecord", "tfds")
+# batch[SKIPPED_REASONS_KEY]: int32 [b, len(bad.REASONS)], the rows dropped just before each
+# example, by reason (batch["skipped"] is their sum).
+SKIPPED_REASONS_KEY = "skipped_reasons"
+
+SOURCE_KINDS = source_kinds.mixable_kinds()     # the kinds a mixture may draw from
 # A run of this many unreadable examples in a row means the data is broken, not noisy:
 # the iterator raises instead of spinning forever.
 MAX_CONSECUTIVE_BAD = 10_000
@@ -76,9 +84,9 @@ def parse_mixture(spec: str) -> list[tuple[str, str, float]]:
       continue
     kind, colon, rest = entry.partition(":")
     kind = kind.strip()
-    if not colon or kind not in SOURCE_KINDS or kind == "shapes":
+    if not colon or kind not in SOURCE_KINDS:
       raise ValueError(f"mixture entry {entry!r}: expected KIND:PATTERN[@WEIGHT] with KIND "
-                       f"in {SOURCE_KINDS[1:]}")
+                       f"in {SOURCE_KINDS}")
     pattern, weight = rest, 1.0
     if "@" in rest:
       pattern, _, w = rest.rpartition("@")
@@ -95,45 +103,18 @@ def parse_mixture(spec: str) -> list[tuple[str, str, float]]:
 
 
 def open_source(kind: str, pattern: str, config, split: str):
-  """One random-access source of `kind` over `pattern` (a tfds split for "tfds")."""
-  d = config.data
-  if kind == "shapes":
-    size = d.shapes_train_size if split == "train" else d.shapes_eval_size
-    return shapes.ShapesSource(split, size, d.image_size)
-  if kind == "manifest":
-    return manifest.ManifestSource(pattern, d.image_key, d.caption_key, d.label_key)
-  if kind == "webdataset":
-    return sources.WebDatasetSource(pattern, d.caption_key, d.label_key)
-  if kind == "arrayrecord":
-    return sources.ArrayRecordSource(pattern)
-  if kind == "tfds":
-    return sources.TfdsSource(d.tfds_name, pattern, d.tfds_data_dir, d.tfds_keys)
-  if kind == "synthetic":
-    size = d.synthetic_train_size if split == "train" else d.synthetic_eval_size
-    return synthetic.SyntheticSource(config, split, size, d.synthetic_classes)
-  if kind == "features":
-    return sources.FeaturesSource(pattern)
-  raise ValueError(f"config.data.source: unknown source kind {kind!r}")
+  """One random-access source of `kind` over `pattern` (a tfds split for "tfds"); the kind's
+  module in xmodal/data/source_kinds opens it."""
+  return source_kinds.get(kind).open(pattern, config, split)
 
 
 def source_specs(config, split: str) -> list[tuple[str, str, float]]:
   """[(kind, pattern, weight)] that make up `split` ("train" or "eval")."""
   d = config.data
-  if split == "train":
-    if d.source == "mixture":
-      return parse_mixture(d.mixture)
-    kind = d.source
-  else:
-    kind = d.eval_source or d.source
-  if kind in ("shapes", "synthetic"):
-    return [(kind, "", 1.0)]
-  if kind == "tfds":
-    return [("tfds", d.tfds_train_split if split == "train" else d.tfds_eval_split, 1.0)]
-  if kind == "manifest":
-    legacy = d.train_manifest if split == "train" else d.eval_manifest
-    files = d.train_files if split == "train" else d.eval_files
-    return [("manifest", files or legacy, 1.0)]
-  return [(kind, d.train_files if split == "train" else d.eval_files, 1.0)]
+  if split == "train" and d.source == "mixture":
+    return parse_mixture(d.mixture)
+  kind = d.source if split == "train" else (d.eval_source or d.source)
+  return [(kind, source_kinds.get(kind).where(config, split)[1], 1.0)]
 
 
 def make_source(config, split: str):
@@ -142,81 +123,104 @@ def make_source(config, split: str):
   return open_source(kind, pattern, config, split)
 
 
+@dataclasses.dataclass(frozen=True)
+class TowerInput:
+  """How one tower is fed from a record: its record `field` (plus the kind's extensions to
+  look for when the field is the default and absent, e.g. a webdataset "wav" member for an
+  audio tower), the decoder ("auto", a decoder name, or None: the kind reads raw values)
+  and the kind's preparer (decoded value, train, rng) -> tower input."""
+  modality: str
+  field: str
+  extensions: tuple
+  decoder: str | None
+  prepare: object
+
+
+def tower_inputs(config) -> tuple[TowerInput, ...]:
+  """The TowerInput of every tower, text towers last (caption sampling then draws from an
+  element's rng after the image crop, so crops and captions are as they always were)."""
+  out = []
+  for name, cfg in config.towers.items():
+    cfg = towers_lib.with_defaults(cfg)
+    module = towers_lib.get(cfg.kind)
+    field = towers_lib.default_field(name, cfg)
+    extensions = () if cfg.get("field") else tuple(getattr(module, "EXTENSIONS", ()))
+    decoder = cfg.get("decoder", "auto") if getattr(module, "DECODE", False) else None
+    out.append(TowerInput(name, field, extensions, decoder, module.preparer(cfg, config)))
+  return tuple(sorted(out, key=lambda t: getattr(towers_lib.get(config.towers[t.modality].kind),
+                                                 "PREPARE_LAST", False)))
+
+
+def required_fields(config) -> tuple[str, ...]:
+  """The record fields a source must provide (checked as it reads a row): the fields set
+  in the config and the kinds' named defaults ("image", "caption"), which every source of
+  image/caption records provides; other defaults may be found by extension instead."""
+  out = []
+  for name, cfg in config.towers.items():
+    if cfg.get("field") or hasattr(towers_lib.get(cfg.kind), "DEFAULT_FIELD"):
+      out.append(towers_lib.default_field(name, cfg))
+  return tuple(out)
+
+
+def _lookup(record: dict, tower: TowerInput):
+  """(key, value) of the tower's field in the record, or (field, None)."""
+  value = record.get(tower.field)
+  if value is not None:
+    return tower.field, value
+  for ext in tower.extensions:
+    if record.get(ext) is not None:
+      return ext, record[ext]
+  return tower.field, None
+
+
 @dataclasses.dataclass
 class Preprocess(grain.transforms.RandomMap):
-  """Record -> example, or {"_bad": reason} when the image or caption cannot be used.
+  """Record -> example {modality: tower input, "label"}, or a bad record ({"_bad": why,
+  "_reason": one of bad.REASONS}) when a tower's field is missing or cannot be used.
 
-  train=True: random resized crop (+ flip); train=False: resize + center crop (rng unused).
-  Several captions: "sample" picks one at random per use (eval: the first), "first" the
-  first, "all" yields {"_many": [one example per caption]} (same pixels), which `SkipBad`
-  unrolls.
+  Each tower's value is looked up (`TowerInput.field`), decoded (xmodal/data/decoders)
+  where the kind decodes, and prepared by its kind (xmodal/towers): e.g. train=True a
+  random resized crop (+ flip) of an image, train=False the centre crop. A text tower with
+  data.captions="all" yields {"_many": [one example per caption]} (same pixels), which
+  `SkipBad` unrolls. A relative path in a manifest resolves against the manifest's folder.
   """
-  image_key: str
-  text_key: str
-  image_size: int
-  tokenizer: object
+  inputs: tuple
   train: bool
-  crop_scale: tuple = (0.8, 1.0)
-  crop_ratio: tuple = (0.75, 1.3333)
-  flip: bool = False
-  captions: str = "sample"
-  image_dtype: str = "uint8"
-  normalize: str = "none"
-
-  def _captions(self, caption) -> list[str] | str:
-    """Usable captions, or a string: why there are none."""
-    items = list(caption) if isinstance(caption, (list, tuple, np.ndarray)) else [caption]
-    good, why = [], "no caption"
-    for c in items:
-      if isinstance(c, (bytes, np.bytes_)):
-        try:
-          c = bytes(c).decode("utf-8")
-        except UnicodeDecodeError:
-          why = "caption is not UTF-8"
-          continue
-      if not isinstance(c, str) or not c.strip():
-        why = "empty caption"
-        continue
-      good.append(c)
-    return good or why
 
   def random_map(self, record, rng: np.random.Generator):
     extra = {k: np.int32(record[k]) for k in ("epoch", "source", GROUP_KEY) if k in record}
     if "_bad" in record:
-      return {"_bad": record["_bad"], **extra}
-    captions = self._captions(record["caption"])
-    if isinstance(captions, str):
-      return {"_bad": captions, **extra}
-    image = record["image"]
-    try:
-      if isinstance(image, np.ndarray):
-        if self.train:
-          pixels = transforms.random_resized_crop(image, self.image_size, rng, self.crop_scale,
-                                                  self.crop_ratio, self.flip)
-        else:
-          from PIL import Image
-          pixels = transforms.resize_center_crop(Image.fromarray(image), self.image_size)
-      elif self.train:
-        pixels = transforms.decode_random_crop(image, self.image_size, rng, self.crop_scale,
-                                               self.crop_ratio, self.flip)
+      return {**record, **extra}
+    where = f" ({record['_where']})" if "_where" in record else ""
+    out, many = {}, None
+    for tower in self.inputs:
+      key, value = _lookup(record, tower)
+      if value is None:
+        fields = sorted(k for k in record if not k.startswith("_"))
+        return {**bad_lib.bad("missing_field", f"no {tower.field!r} field for tower "
+                              f"{tower.modality!r}{where}; the record has {fields}"), **extra}
+      if isinstance(value, str) and tower.decoder is not None and "_dir" in record:
+        value = os.path.join(record["_dir"], value)
+      try:
+        if tower.decoder is not None:
+          value = decoders.decode(value, tower.decoder, key)
+        x = tower.prepare(value, self.train, rng)
+      except bad_lib.BadData as e:
+        return {**bad_lib.bad(e.reason, f"{tower.modality}: {e.detail}{where}"), **extra}
+      except decoders.MissingExtra:
+        raise
+      except Exception as e:  # PIL and the decoders' libraries raise many types on bad files
+        return {**bad_lib.bad("unreadable", f"{tower.modality}: unreadable "
+                              f"{decoders.describe(value)}{where}: {e}"), **extra}
+      if isinstance(x, text_kind.Many):
+        many = (tower.modality, x)
       else:
-        pixels = transforms.decode_center_crop(image, self.image_size)
-    except Exception as e:  # PIL raises many types for broken or missing files.
-      where = image if isinstance(image, str) else f"{len(image)} bytes" if isinstance(
-          image, (bytes, bytearray)) else type(image).__name__
-      return {"_bad": f"unreadable image ({where}): {e}", **extra}
-    pixels = transforms.finalize(np.ascontiguousarray(pixels), self.image_dtype,
-                                 self.normalize)
-
-    def example(text):
-      return {self.image_key: pixels, self.text_key: self.tokenizer.encode(text),
-              "label": np.int32(record.get("label", -1)), **extra}
-
-    if self.captions == "all" and self.train:
-      return {"_many": [example(c) for c in captions]}
-    if self.captions == "sample" and self.train and len(captions) > 1:
-      return example(captions[int(rng.integers(len(captions)))])
-    return example(captions[0])
+        out[tower.modality] = x
+    out["label"] = np.int32(record.get("label", -1))
+    out.update(extra)
+    if many is not None:
+      return {"_many": [{**out, many[0]: x} for x in many[1]]}
+    return out
 
 
 class _SkipBadIterator(grain.DatasetIterator):
@@ -237,34 +241,36 @@ class _SkipBadIterator(grain.DatasetIterator):
       logging.warning("skipping a bad example (%d so far in this reader): %s", self._logged,
                       reason)
 
-  def _fetch(self) -> int:
-    """Pulls parent elements until a good one; fills _pending. Returns skipped count."""
-    skipped = 0
+  def _fetch(self) -> list[str]:
+    """Pulls parent elements until a good one; fills _pending. Returns the skipped rows'
+    reasons."""
+    skipped = []
     while True:
       before = self._parent.get_state()
       element = next(self._parent)
       if "_bad" in element:
-        skipped += 1
-        self._log_bad(element["_bad"])
-        if skipped >= MAX_CONSECUTIVE_BAD:
-          raise RuntimeError(
-              f"{skipped} unreadable examples in a row (last: {element['_bad']}); the data "
+        skipped.append(bad_lib.reason_of(element))
+        self._log_bad(f"{skipped[-1]}: {element['_bad']}")
+        if len(skipped) >= MAX_CONSECUTIVE_BAD:
+          raise sources.SourceError(
+              f"{len(skipped)} unreadable examples in a row (last: {element['_bad']}); the data "
               "is broken or misconfigured (check data.source / file patterns / keys)")
         continue
       parts = element["_many"] if "_many" in element else [element]
       if not parts:
-        skipped += 1
+        skipped.append("empty")
         continue
       self._pending, self._before, self._taken = parts, before, 0
       return skipped
 
   def __next__(self):
-    skipped = 0
+    skipped = []
     if self._taken >= len(self._pending):
       skipped = self._fetch()
     element = dict(self._pending[self._taken])
     self._taken += 1
-    element["skipped"] = np.int32(skipped)
+    element["skipped"] = np.int32(len(skipped))
+    element[SKIPPED_REASONS_KEY] = bad_lib.counts(skipped)
     for key in ("epoch", "source"):      # int32 for every source (ready records too)
       element[key] = np.int32(element.get(key, 0))
     return element
@@ -290,13 +296,7 @@ class SkipBad(grain.IterDataset):
 
 
 def preprocess_for(config, train: bool) -> Preprocess:
-  image_key, text_key = modality_names(config)
-  d = config.data
-  return Preprocess(image_key=image_key, text_key=text_key, image_size=d.image_size,
-                    tokenizer=tokenizer_lib.get_tokenizer(config), train=train,
-                    crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
-                    flip=d.flip, captions=d.captions, image_dtype=d.image_dtype,
-                    normalize=d.normalize)
+  return Preprocess(tower_inputs(config), train)
 
 
 @dataclasses.dataclass
@@ -366,7 +366,8 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1,
   ds = ds.batch(local_batch, drop_remainder=True)
   if config.data.num_workers > 0:
     _mark_flags_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers),
+                        worker_init_fn=_ignore_ctrl_c)
   return ds
 
 
@@ -385,35 +386,47 @@ def eval_arrays(config, max_examples: int | None = None, split: str = "eval") ->
     out["skipped"] = 0
     return out
   prep = preprocess_for(config, train=False)
+  text_input = next((t for t in prep.inputs if config.towers[t.modality].kind == "text"),
+                    None)
   rng = np.random.default_rng(0)
-  examples, captions, skipped = [], [], 0
+  examples, captions, skipped = [], [], []
   for i in range(n):
     record = source[i]
     ex = prep.random_map(record, rng)
     if "_bad" in ex:
-      skipped += 1
-      logging.warning("eval: skipping row %d: %s", i, ex["_bad"])
+      skipped.append(bad_lib.reason_of(ex))
+      logging.warning("eval: skipping row %d (%s): %s", i, skipped[-1], ex["_bad"])
       continue
     ex.pop("epoch", None)
     ex.pop("source", None)
     examples.append(ex)
-    captions.append(prep._captions(record["caption"])[0])
+    if text_input is not None:
+      captions.append(text_kind.usable_captions(_lookup(record, text_input)[1])[0])
   if not examples:
-    raise ValueError(f"the eval split of {source!r} has no readable examples")
+    raise sources.SourceError(f"the eval split of {source!r} has no readable examples")
   out = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-  out["caption"] = captions
-  out["skipped"] = skipped
+  if text_input is not None:
+    out["caption"] = captions
+  out["skipped"] = len(skipped)
+  out["skipped_reasons"] = bad_lib.named(bad_lib.counts(skipped))
   return out
 
 
 def classnames(config) -> tuple[str, ...] | None:
-  """Zero-shot class names: the embedded dataset's, or config.eval.classnames' lines."""
-  if config.data.source == "shapes":
-    return shapes.CLASSNAMES
+  """Zero-shot class names: config.eval.classnames' lines, else the embedded dataset's when
+  the eval split is `shapes`."""
   if config.eval.classnames:
     with open(config.eval.classnames, encoding="utf-8") as f:
       return tuple(line.strip() for line in f if line.strip())
+  if (config.data.eval_source or config.data.source) == "shapes":
+    return shapes.CLASSNAMES
   return None
+
+
+def _ignore_ctrl_c(worker_index: int, worker_count: int) -> None:
+  """In each grain worker: a terminal's Ctrl-C goes to the whole process group; only the
+  main process acts on it (xmodal/interrupt.py), and it stops the workers itself."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _mark_flags_parsed():

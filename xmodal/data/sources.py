@@ -18,7 +18,8 @@ several separated by ";": "data/{00000..00127}.tar", "data/*.tar",
 their first bound (zero padding). A pattern that matches no file is an error.
 
 The ArrayRecord format written by `tools/convert_to_arrayrecord.py` ("xmodal record v1"):
-one record per example, each a msgpack map
+one record per example, each a msgpack map of any fields (numpy arrays as .npy bytes in
+msgpack extension type 1; `encode_fields`); for images and captions
 
     {"image": <bytes: the encoded JPEG/PNG/WebP file>,
      "caption": <str> or [<str>, ...],      # several captions allowed
@@ -38,6 +39,8 @@ import tarfile
 
 import msgpack
 import numpy as np
+
+from xmodal.data import bad
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 RECORD_FORMAT = "xmodal record v1"
@@ -107,8 +110,11 @@ def _split_key(name: str) -> tuple[str, str]:
 def index_tar(path: str) -> tuple[list[dict], int]:
   """Scans one tar's headers -> ([{ext: (offset, size)} per sample], dropped members).
 
-  A truncated tar keeps the samples whose members lie wholly inside the file; members cut
-  off (or after an unreadable header) are dropped and counted."""
+  A truncated tar keeps the samples whose members lie wholly inside the file. A sample
+  with a member cut off gets "_cut" (it reads as a bad "truncated" record), and the
+  unreadable rest of a damaged shard is one more "_cut" sample, so the rows a truncated
+  shard loses are counted in data/skipped every time the pipeline reaches them (how many
+  samples the lost bytes held cannot be known; they count as one)."""
   size = os.path.getsize(path)
   samples, order, dropped = {}, [], 0
   try:
@@ -125,13 +131,14 @@ def index_tar(path: str) -> tuple[list[dict], int]:
           break
         if not info.isfile():
           continue
-        if info.offset_data + info.size > size:
-          dropped += 1
-          continue
         key, ext = _split_key(info.name)
         if key not in samples:
           samples[key] = {}
           order.append(key)
+        if info.offset_data + info.size > size:
+          dropped += 1
+          samples[key]["_cut"] = (info.offset_data, info.size)
+          continue
         samples[key][ext] = (info.offset_data, info.size)
       end = tf.offset
     # tarfile reads a header cut short as the end of the archive: anything but zero
@@ -139,57 +146,70 @@ def index_tar(path: str) -> tuple[list[dict], int]:
     with open(path, "rb") as f:
       f.seek(end)
       tail = f.read()
-    if tail.strip(b"\0"):
+    if tail.strip(b"\0") and not (order and "_cut" in samples[order[-1]]):
       logging.warning("%s: %d bytes after the last readable member are not a tar member "
-                      "(truncated shard?); skipped", path, len(tail))
+                      "(truncated shard?); skipped and counted as one truncated sample",
+                      path, len(tail))
       dropped += 1
+      samples["_tail"] = {"_cut": (end, len(tail))}
+      order.append("_tail")
   except (tarfile.ReadError, OSError) as e:
     logging.warning("%s: not a readable tar (%s); shard skipped", path, e)
     return [], 1
   return [samples[k] for k in order], dropped
 
 
+_FRAME = re.compile(r"^(\d+)\.(jpg|jpeg|png|webp)$")
+
+
 class WebDatasetSource:
-  """Random access over webdataset tar shards: `{key}.jpg|jpeg|png|webp` (the image),
-  `{key}.txt` (the caption), optional `{key}.json` (its `caption_key` field may hold a
-  caption or a list of captions, used when there is no .txt; its `label_key` field a
-  label) and optional `{key}.cls` (a label).
+  """Random access over webdataset tar shards. A sample is the members sharing a key; the
+  record holds each member's bytes under its extension ("jpg", "txt", "wav", "npy",
+  "nii.gz", ...), plus
+    "image"   the first of {key}.jpg|jpeg|png|webp,
+    "caption" {key}.txt, else the `caption_key` field (or "captions") of {key}.json,
+    "label"   the json's `label_key` field or {key}.cls (-1 = none),
+    "frames"  {key}.0.jpg, {key}.1.jpg, ... in numeric order (a clip stored as images),
+  and the other fields of {key}.json. `required` (default image and caption) names the
+  fields a sample must have: one without them reads as a bad "missing_field" record.
 
   The index (shard, byte offset and size of each member) is built at construction by
-  scanning the tar headers (no member data is read); samples without an image or caption
-  member are kept and read as bad records, so they are counted like other bad data."""
+  scanning the tar headers (no member data is read)."""
 
-  def __init__(self, pattern: str, caption_key: str = "caption", label_key: str = "label"):
+  def __init__(self, pattern: str, caption_key: str = "caption", label_key: str = "label",
+               required=None):
     self.pattern, self.caption_key, self.label_key = pattern, caption_key, label_key
+    self.required = ("image", "caption") if required is None else tuple(required)
     self.paths = expand_pattern(pattern)
-    columns = {k: [] for k in ("shard", "img", "img_n", "txt", "txt_n", "json", "json_n",
-                               "cls", "cls_n")}
     self.dropped_members = 0
     # Header scans are I/O-bound: a few threads overlap them on network filesystems.
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
       scans = list(pool.map(index_tar, self.paths))
+    self.exts = sorted({e for samples, _ in scans for m in samples for e in m if e != "_cut"})
+    columns = {"shard": [], "cut": [], "cut_n": []}
+    for ext in self.exts:
+      columns["o:" + ext], columns["n:" + ext] = [], []
     for shard, (samples, dropped) in enumerate(scans):
       self.dropped_members += dropped
       for members in samples:
-        image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), (-1, -1))
         columns["shard"].append(shard)
-        for name, member in (("img", image), ("txt", members.get("txt", (-1, -1))),
-                             ("json", members.get("json", (-1, -1))),
-                             ("cls", members.get("cls", (-1, -1)))):
-          columns[name].append(member[0])
-          columns[name + "_n"].append(member[1])
+        cut = members.get("_cut", (-1, -1))
+        columns["cut"].append(cut[0])
+        columns["cut_n"].append(cut[1])
+        for ext in self.exts:
+          offset, size = members.get(ext, (-1, -1))
+          columns["o:" + ext].append(offset)
+          columns["n:" + ext].append(size)
     if not columns["shard"]:
       raise SourceError(f"webdataset {pattern!r}: no samples in {len(self.paths)} shards")
-    # 44 bytes a sample: int64 offsets, int32 sizes and shard ids.
-    self._index = {k: np.asarray(v, np.int32 if k == "shard" or k.endswith("_n") else np.int64)
-                   for k, v in columns.items()}
+    # 12 bytes a member kind per sample: int64 offsets, int32 sizes (and shard ids).
+    self._index = {k: np.asarray(v, np.int64 if k.startswith(("o:", "cut")) and k != "cut_n"
+                                 else np.int32) for k, v in columns.items()}
 
   def __len__(self) -> int:
     return len(self._index["shard"])
 
-  def _read(self, f, offset, size) -> bytes | None:
-    if offset < 0:
-      return None
+  def _read(self, f, offset, size) -> bytes:
     f.seek(int(offset))
     data = f.read(int(size))
     if len(data) != size:
@@ -197,36 +217,64 @@ class WebDatasetSource:
     return data
 
   def __getitem__(self, index: int) -> dict:
-    ix = {k: v[index] for k, v in self._index.items()}
-    path = self.paths[ix["shard"]]
+    path = self.paths[self._index["shard"][index]]
+    cut = self._index["cut"][index]
+    if cut >= 0:
+      return bad.bad("truncated", f"{path} sample {index}: cut off by the end of a truncated "
+                     f"shard (member at byte {cut}, {self._index['cut_n'][index]} bytes)")
+    members = {}
     try:
       with open(path, "rb") as f:
-        image = self._read(f, ix["img"], ix["img_n"])
-        text = self._read(f, ix["txt"], ix["txt_n"])
-        meta = self._read(f, ix["json"], ix["json_n"])
-        cls = self._read(f, ix["cls"], ix["cls_n"])
-    except (OSError, EOFError) as e:
-      return {"_bad": f"{path} sample {index}: {e}"}
-    if image is None:
-      return {"_bad": f"{path} sample {index}: no image member"}
-    label, caption = -1, text
+        for ext in self.exts:
+          offset = self._index["o:" + ext][index]
+          if offset >= 0:
+            members[ext] = self._read(f, offset, self._index["n:" + ext][index])
+    except EOFError as e:
+      return bad.bad("truncated", f"{path} sample {index}: {e}")
+    except OSError as e:
+      return bad.bad("unreadable", f"{path} sample {index}: {e}")
+    record = self._record(members)
+    for field in self.required:
+      if field not in record:
+        what = ("no image member" if field == "image" else
+                f"no caption (.txt or json {self.caption_key!r})" if field == "caption" else
+                f"no {field!r} member")
+        return bad.bad("missing_field", f"{path} sample {index}: {what}")
+    record["_where"] = f"{path} sample {index}"
+    return record
+
+  def _record(self, members: dict) -> dict:
+    record = dict(members)
+    image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
+    if image is not None:
+      record["image"] = image
+    frames = sorted((int(m.group(1)), e) for e in members if (m := _FRAME.match(e)))
+    if frames:
+      record["frames"] = [members[e] for _, e in frames]
+    label, caption = -1, members.get("txt")
+    meta = members.get("json")
     if meta is not None:
       try:
         meta = json.loads(meta)
       except (ValueError, UnicodeDecodeError):
         meta = {}
-      if caption is None and isinstance(meta, dict):
-        caption = meta.get(self.caption_key, meta.get("captions"))
-      if isinstance(meta, dict) and isinstance(meta.get(self.label_key), int):
-        label = meta[self.label_key]
+      if isinstance(meta, dict):
+        if caption is None:
+          caption = meta.get(self.caption_key, meta.get("captions"))
+        if isinstance(meta.get(self.label_key), int):
+          label = meta[self.label_key]
+        for k, v in meta.items():
+          record.setdefault(k, v)
+    cls = members.get("cls")
     if cls is not None:
       try:
         label = int(cls.decode().strip())
       except (ValueError, UnicodeDecodeError):
         pass
-    if caption is None:
-      return {"_bad": f"{path} sample {index}: no caption (.txt or json {self.caption_key!r})"}
-    return {"image": image, "caption": caption, "label": label}
+    if caption is not None:
+      record["caption"] = caption
+    record["label"] = label
+    return record
 
   def __repr__(self):
     return f"WebDatasetSource({self.pattern!r}, {len(self.paths)} shards, {len(self)} samples)"
@@ -234,24 +282,51 @@ class WebDatasetSource:
 
 # ----------------------------------------------------------------------------- ArrayRecord
 
+_NDARRAY = 1      # msgpack extension type: a numpy array stored as .npy bytes
+
+
+def _pack_default(value):
+  if isinstance(value, np.ndarray):
+    buf = io.BytesIO()
+    np.save(buf, value, allow_pickle=False)
+    return msgpack.ExtType(_NDARRAY, buf.getvalue())
+  if isinstance(value, np.generic):
+    return value.item()
+  raise TypeError(f"cannot store {type(value).__name__} in an xmodal record")
+
+
+def _unpack_ext(code, data):
+  if code == _NDARRAY:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+  return msgpack.ExtType(code, data)
+
+
+def encode_fields(fields: dict) -> bytes:
+  """Any record {field: bytes | str | number | list | np.ndarray | map} -> an xmodal record
+  (msgpack map; arrays as .npy bytes in extension type 1)."""
+  return msgpack.packb(fields, use_bin_type=True, default=_pack_default)
+
+
 def encode_record(image: bytes, caption, label: int = -1, key: str = "",
                   meta: dict | None = None) -> bytes:
-  """One example -> an "xmodal record v1" (msgpack map)."""
+  """One image/caption example -> an "xmodal record v1" (msgpack map)."""
   record = {"image": bytes(image), "caption": caption, "label": int(label)}
   if key:
     record["key"] = key
   if meta:
     record["meta"] = meta
-  return msgpack.packb(record, use_bin_type=True)
+  return encode_fields(record)
 
 
 def decode_record(data: bytes) -> dict:
-  """An "xmodal record v1" -> raw record dict (raises on malformed data)."""
-  record = msgpack.unpackb(data, raw=False)
-  if not isinstance(record, dict) or "image" not in record or "caption" not in record:
-    raise ValueError("not an xmodal record (a msgpack map with 'image' and 'caption')")
-  return {"image": record["image"], "caption": record["caption"],
-          "label": int(record.get("label", -1))}
+  """An xmodal record -> raw record dict: every field (arrays back as numpy), "label" an
+  int (-1 = none); "key" and "meta" are dropped (raises on malformed data)."""
+  record = msgpack.unpackb(data, raw=False, ext_hook=_unpack_ext)
+  if not isinstance(record, dict):
+    raise ValueError("not an xmodal record (a msgpack map)")
+  out = {k: v for k, v in record.items() if k not in ("key", "meta")}
+  out["label"] = int(record.get("label", -1))
+  return out
 
 
 class _LazySource:
@@ -303,7 +378,7 @@ class ArrayRecordSource(_LazySource):
     try:
       return decode_record(self.source[index])
     except Exception as e:
-      return {"_bad": f"arrayrecord {self.pattern!r} record {index}: {e}"}
+      return bad.bad("unreadable", f"arrayrecord {self.pattern!r} record {index}: {e}")
 
   def __repr__(self):
     return f"ArrayRecordSource({self.pattern!r}, {len(self.paths)} shards, {len(self)} records)"
@@ -361,10 +436,11 @@ class TfdsSource(_LazySource):
     try:
       example = self.source[index]
       image = _lookup(example, self.keys["image"])
-      caption = _lookup(example, self.keys["caption"])
+      # "caption=" maps no caption: a classification set, read by evaluation tasks.
+      caption = _lookup(example, self.keys["caption"]) if self.keys["caption"] else ""
       label = int(_lookup(example, self.keys["label"])) if self.keys["label"] else -1
     except Exception as e:
-      return {"_bad": f"tfds {self.name}[{self.split}] example {index}: {e}"}
+      return bad.bad("unreadable", f"tfds {self.name}[{self.split}] example {index}: {e}")
     if isinstance(image, np.ndarray) and image.dtype == object:
       image = image.item()
     if isinstance(caption, np.ndarray):       # a Sequence of Text: bytes, decoded later

@@ -8,67 +8,23 @@ above chance only if both towers learn. Used by tests and for smoke runs of new 
 
 import numpy as np
 
-from xmodal.data import audio as audio_lib
-from xmodal.data import tokenizer as tokenizer_lib
+from xmodal import towers
 
-WORDS = ("amber", "basalt", "cobalt", "dune", "ember", "fjord", "garnet", "heron")
+WORDS = towers.get("text").WORDS
 
 
-def _render(kind, cfg, config, labels, rng, num_classes):
-  n = len(labels)
-  proto = np.random.default_rng(1234)      # fixed per-class prototypes
-  if kind == "text":
-    tok = tokenizer_lib.get_tokenizer(config)
-    return tok.encode_batch([f"a {WORDS[c % len(WORDS)]} thing {c}" for c in labels])
-  if kind in ("vit", "video"):
-    s = config.data.image_size
-    colors = proto.uniform(0, 255, (num_classes, 3))
-    if kind == "vit":
-      img = colors[labels][:, None, None, :] + rng.normal(0, 40, (n, s, s, 3))
-      return np.clip(img, 0, 255).astype(np.uint8)
-    f = cfg.frames
-    vid = rng.normal(60, 20, (n, f, s, s, 3))
-    side = max(s // 4, 2)
-    for i, c in enumerate(labels):
-      dy, dx = [(0, 1), (1, 0), (0, -1), (-1, 0)][c % 4]
-      y0, x0 = s // 2 - side // 2, s // 2 - side // 2
-      for t in range(f):
-        y = int(np.clip(y0 + dy * t * side // 2, 0, s - side))
-        x = int(np.clip(x0 + dx * t * side // 2, 0, s - side))
-        vid[i, t, y:y + side, x:x + side] = colors[c]
-    return np.clip(vid, 0, 255).astype(np.uint8)
-  if kind == "audio":
-    sr = cfg.sample_rate
-    t = np.arange(audio_lib.num_samples(cfg.frames, cfg.n_fft, cfg.hop)) / sr
-    freqs = 300.0 * 1.6 ** (labels % num_classes)
-    wave = np.sin(2 * np.pi * freqs[:, None] * t) + rng.normal(0, 0.3, (n, len(t)))
-    return audio_lib.log_mel_spectrogram(wave, sr, cfg.n_fft, cfg.hop, cfg.n_mels, cfg.frames)
-  if kind == "volume":
-    s, d = cfg.size, cfg.slices
-    centres = proto.uniform(0.2, 0.8, (num_classes, 3))
-    z, y, x = np.meshgrid(np.linspace(0, 1, d), np.linspace(0, 1, s), np.linspace(0, 1, s),
-                          indexing="ij")
-    c = centres[labels]
-    blob = np.exp(-((z - c[:, 0, None, None, None]) ** 2 + (y - c[:, 1, None, None, None]) ** 2
-                    + (x - c[:, 2, None, None, None]) ** 2) / 0.02)
-    return (blob + rng.normal(0, 0.1, blob.shape)).astype(np.float32)
-  if kind == "vector":
-    width = cfg.features
-    protos = proto.normal(0, 1, (num_classes, width))
-    return (protos[labels] + rng.normal(0, 0.5, (n, width))).astype(np.float32)
-  if kind == "signal":
-    t = np.arange(cfg.length) / cfg.length
-    freqs = 2.0 + 3.0 * (labels % num_classes)
-    phase = proto.uniform(0, np.pi, cfg.channels)
-    sig = np.sin(2 * np.pi * freqs[:, None, None] * t[None, :, None] + phase)
-    return (sig + rng.normal(0, 0.3, sig.shape)).astype(np.float32)
-  raise ValueError(f"no synthetic rendering for tower kind {kind!r}")
+def _render(cfg, config, labels, rng, num_classes):
+  module = towers.get(cfg.kind)
+  if not hasattr(module, "synthetic"):
+    raise ValueError(f"no synthetic rendering for tower kind {cfg.kind!r} (its module has no "
+                     f"synthetic())")
+  return module.synthetic(cfg, config, labels, rng, num_classes)
 
 
 def paired_batch(config, n: int, rng: np.random.Generator, num_classes: int = 4):
   """({modality: [n, ...]}, labels [n]) for every tower in config.towers."""
   labels = rng.integers(0, num_classes, n)
-  return {m: _render(t.kind, t, config, labels, rng, num_classes)
+  return {m: _render(towers.with_defaults(t), config, labels, rng, num_classes)
           for m, t in config.towers.items()}, labels
 
 

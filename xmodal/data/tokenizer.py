@@ -43,6 +43,7 @@ and EOS is the last real token. `vocab_size` counts every id the tokenizer can e
                    text cut to SOT + the first L-2 tokens + EOT, and the literal strings
                    `<start_of_text>` / `<end_of_text>` in text become SOT / EOT as in
                    open_clip. So OpenAI / open_clip checkpoints (vocab 49,408) fit as they are.
+                   The BPE itself runs in the `tokenizers` library (`ClipBPETokenizer`).
 """
 
 import functools
@@ -75,6 +76,11 @@ class _Base:
   eos_id: int
   vocab_size: int
   lowercase: bool = False
+
+  def __call__(self, texts) -> np.ndarray:
+    """A string or a list of N strings -> int32 [N, context_length] (N = 1 for a string),
+    as open_clip's tokenizers are called."""
+    return self.encode_batch([texts] if isinstance(texts, str) else list(texts))
 
   def _prep(self, text: str) -> str:
     return text.lower() if self.lowercase else text
@@ -256,13 +262,23 @@ def byte_alphabet() -> dict[int, str]:
 
 
 class ClipBPETokenizer(_LazyFile):
+  """CLIP's byte-level BPE on the `tokenizers` library: its BPE model (with CLIP's `</w>`
+  end-of-word suffix), a pre-tokenizer that keeps the matches of CLIP's word pattern, and
+  the byte-to-character table that GPT-2 and CLIP share. CLIP's text cleaning (`_clean`)
+  and the literal `<start_of_text>` / `<end_of_text>` strings stay in Python: CLIP matches
+  them with the same pattern as words, so after punctuation ("!<end_of_text>") they are
+  plain text, which the library's added-token matcher would not reproduce."""
   SOT, EOT = "<start_of_text>", "<end_of_text>"
-  # The special tokens come first: written in the text they are SOT / EOT (as open_clip).
+  # open_clip's pattern. The special tokens come first: written in the text they are
+  # SOT / EOT. Used only for text that contains them (`_pieces`).
   PATTERN = (r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
              r"""[^\s\p{L}\p{N}]+""")
+  WORDS = r"""(?i)'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+"""
 
   def _load(self):
     import regex
+    import tokenizers
+    from tokenizers import models, pre_tokenizers
     opener = gzip.open if self.path.endswith(".gz") else open
     with opener(self.path, "rb") as f:
       lines = f.read().decode("utf-8").split("\n")
@@ -273,19 +289,24 @@ class ClipBPETokenizer(_LazyFile):
         merges.append(tuple(parts))
       if len(merges) == CLIP_MAX_MERGES:
         break
-    alphabet = byte_alphabet()
-    symbols = list(alphabet.values())
+    symbols = list(byte_alphabet().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     vocab += [self.SOT, self.EOT]
+    # A token listed twice keeps its last id, as in CLIP's dict(zip(vocab, range(...))).
     self.token_id = {t: i for i, t in enumerate(vocab)}
     self.id_token = vocab
-    self.ranks = {m: r for r, m in enumerate(merges)}
     self.sot_id, self.eos_id = self.token_id[self.SOT], self.token_id[self.EOT]
     self.pad_id = 0                  # open_clip's padding; also the token "!" (see top)
     self.vocab_size = len(vocab)
+    impl = tokenizers.Tokenizer(models.BPE(vocab=self.token_id, merges=merges,
+                                           end_of_word_suffix="</w>"))
+    # Keep the pattern's matches (invert=True), drop what lies between them (whitespace),
+    # then map each piece's UTF-8 bytes to the byte alphabet: CLIP's findall + byte encoder.
+    impl.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(tokenizers.Regex(self.WORDS), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     self._pattern = regex.compile(self.PATTERN, regex.IGNORECASE)
-    self._cache = {}
-    self._impl = True
+    self._impl = impl
 
   def _clean(self, text: str) -> str:
     try:
@@ -297,52 +318,46 @@ class ClipBPETokenizer(_LazyFile):
     return " ".join(text.split()).lower()
 
   def _merge(self, word: str) -> list[str]:
-    """Byte-level BPE of one pre-token: repeatedly join the adjacent pair of lowest merge
-    rank until no adjacent pair is a known merge."""
-    cached = self._cache.get(word)
-    if cached is not None:
-      return cached
-    parts = list(word[:-1]) + [word[-1] + "</w>"]
-    while len(parts) > 1:
-      best_rank, best = None, None
-      for i in range(len(parts) - 1):
-        r = self.ranks.get((parts[i], parts[i + 1]))
-        if r is not None and (best_rank is None or r < best_rank):
-          best_rank, best = r, (parts[i], parts[i + 1])
-      if best is None:
-        break
-      joined, out, i = best[0] + best[1], [], 0
-      while i < len(parts):
-        if i < len(parts) - 1 and parts[i] == best[0] and parts[i + 1] == best[1]:
-          out.append(joined)
-          i += 2
-        else:
-          out.append(parts[i])
-          i += 1
-      parts = out
-    if len(self._cache) < 100_000:
-      self._cache[word] = parts
-    return parts
+    """The BPE tokens of one pre-token in the byte alphabet (the library's BPE model)."""
+    return [t.value for t in self.impl.model.tokenize(word)]
+
+  def _tokens_clean(self, text: str) -> list[int]:
+    if "_of_text>" not in text:        # no literal special token: one library call
+      return self.impl.encode(text, add_special_tokens=False).ids
+    ids, words = [], []
+    for piece in self._pattern.findall(text) + [None]:
+      if piece in (self.SOT, self.EOT, None):
+        if words:
+          ids += self.impl.encode(words, is_pretokenized=True, add_special_tokens=False).ids
+        if piece is not None:
+          ids.append(self.token_id[piece])
+        words = []
+      else:
+        words.append(piece)
+    return ids
 
   def tokens(self, text: str) -> list[int]:
     """Text -> BPE ids, without SOT/EOT."""
-    self.impl  # noqa: B018  (loads the file in a fresh worker)
-    alphabet = byte_alphabet()
-    ids = []
-    for piece in self._pattern.findall(self._clean(text)):
-      if piece in (self.SOT, self.EOT):
-        ids.append(self.token_id[piece])
-        continue
-      word = "".join(alphabet[b] for b in piece.encode("utf-8"))
-      ids.extend(self.token_id[t] for t in self._merge(word))
-    return ids
+    return self._tokens_clean(self._clean(text))
 
   def encode(self, text: str) -> np.ndarray:
     return _layout(self.tokens(text), self.context_length, self.eos_id, self.pad_id,
                    prefix=(self.sot_id,))
 
+  def encode_batch(self, texts) -> np.ndarray:
+    """N strings -> int32 [N, context_length]; plain texts in one parallel library call."""
+    texts = [self._clean(t) for t in texts]
+    out = np.full((len(texts), self.context_length), self.pad_id, np.int32)
+    plain = [i for i, t in enumerate(texts) if "_of_text>" not in t]
+    encoded = dict(zip(plain, self.impl.encode_batch([texts[i] for i in plain],
+                                                     add_special_tokens=False)))
+    for i, text in enumerate(texts):
+      ids = encoded[i].ids if i in encoded else self._tokens_clean(text)
+      out[i] = _layout(ids, self.context_length, self.eos_id, self.pad_id, prefix=(self.sot_id,))
+    return out
+
   def decode(self, ids) -> str:
-    self.impl  # noqa: B018
+    self.impl  # noqa: B018  (loads the file in a fresh worker)
     inverse = {v: k for k, v in byte_alphabet().items()}
     out = bytearray()
     for token in (self.id_token[i] for i in self._real(ids) if i != self.sot_id):
@@ -357,7 +372,14 @@ TOKENIZERS = {"bytes": None, "sentencepiece": SentencePieceTokenizer, "hf": HFTo
               "clip": ClipBPETokenizer}
 
 
+@functools.lru_cache(maxsize=8)
 def make_tokenizer(kind: str, context_length: int, path: str = "", lowercase: bool = False):
+  """The tokenizer of `kind`; cached, so a run resolves (and loads) it once however many
+  towers, preparers and evaluators ask for it."""
+  return _make_tokenizer(kind, context_length, path, lowercase)
+
+
+def _make_tokenizer(kind: str, context_length: int, path: str = "", lowercase: bool = False):
   if kind == "bytes":
     return ByteTokenizer(context_length, lowercase)
   if kind not in TOKENIZERS:
@@ -367,6 +389,28 @@ def make_tokenizer(kind: str, context_length: int, path: str = "", lowercase: bo
   if kind == "clip":
     _check_length(context_length, 3)
   return TOKENIZERS[kind](path, context_length, lowercase)
+
+
+def kind_of_file(path: str) -> str:
+  """The tokenizer kind of a file: "sentencepiece" (.model), "hf" (a tokenizer.json, or a
+  folder holding one) or "clip" (a BPE merges file, plain or gzipped, "#version" header)."""
+  path = os.path.expanduser(path)
+  if os.path.isdir(path) and os.path.isfile(os.path.join(path, "tokenizer.json")):
+    return "hf"
+  if path.endswith(".model"):
+    return "sentencepiece"
+  if path.endswith(".json"):
+    return "hf"
+  opener = gzip.open if path.endswith(".gz") else open
+  try:
+    with opener(path, "rb") as f:
+      if f.readline().startswith(b"#version"):
+        return "clip"
+  except OSError:
+    pass
+  raise ValueError(f"{path!r}: not a tokenizer file (a SentencePiece .model, a Hugging Face "
+                   f"tokenizer.json or a CLIP BPE merges file such as "
+                   f"bpe_simple_vocab_16e6.txt.gz)")
 
 
 def get_tokenizer(config):

@@ -103,7 +103,7 @@ def pair_loss_fn(name: str, impl: str, mesh, tile_size: int = 256) -> Callable:
 
 
 def make_objective(config, mesh) -> Callable:
-  """Returns objective(params, embeddings, ids=None) -> (loss, {"loss/a:b": pair loss}).
+  """Returns objective(params, embeddings, ids=None) -> (loss, {"loss/a-b": pair loss}).
 
   params: the model's params (for `logit_scale` and `logit_bias`); embeddings:
   {modality: [B, D]} unit vectors; ids: optional int32 group ids [B] (the batch's "group",
@@ -113,13 +113,14 @@ def make_objective(config, mesh) -> Callable:
   pairs = config_lib.loss_pairs(config)
   pair_loss = pair_loss_fn(config.loss.name, config.loss.impl, mesh,
                            tile_size=config.loss.tile_size)
-  max_log_scale = jnp.log(config.loss.max_scale)
 
   def objective(params, embeddings, ids=None):
-    scale = jnp.exp(jnp.minimum(params["logit_scale"], max_log_scale))
+    # The scale as it is: `loss.max_scale` bounds the parameter after each optimizer step
+    # (optim.clamp_scale), never here, so the gradient at the bound is not cut in half.
+    scale = jnp.exp(params["logit_scale"])
     bias = params.get("logit_bias", jnp.zeros((), jnp.float32))
-    per_pair = {f"loss/{a}:{b}": pair_loss(embeddings[a], embeddings[b], scale, bias,
-                                           ids=ids)
+    per_pair = {f"loss/{a}-{b}": pair_loss(embeddings[a], embeddings[b], scale, bias,
+                                          ids=ids)
                 for a, b in pairs}
     return sum(per_pair.values()) / len(per_pair), per_pair
 

@@ -13,7 +13,7 @@ local x rows against one tile [b, tile] at a time:
   sigmoid  a running sum of the pair terms.
 
 The backward pass (`jax.custom_vjp`) recomputes every tile from the saved per-row
-statistics (log-sum-exp and positive weight sums, [b] each), adds the tile's gradient to
+statistics (max, log-sum-exp below the max and positive weight sums, [b] each), adds the tile's gradient to
 the local dx, and accumulates the travelling block's dy, which travels with the block and
 comes home at the end. Per-device memory is the local embeddings, their gradients, the
 travelling block and one [b, tile] tile, whatever the global batch. `scale` and `bias`
@@ -138,46 +138,49 @@ def _softmax_fwd_device(x, y, ids, scale, bias, *, n, axes, geo, weight_fn, batc
 
   (rm, rs, rw, rws), (_, _, cm, cs, cw, cws) = _ring(n, axes, body, rows, travelling,
                                                        homeward=(2, 3, 4, 5))
-  row_lse = rm + jnp.log(rs)
-  col_lse = (cm + jnp.log(cs))[:b]
-  cw, cws = cw[:b], cws[:b]
-  total = (jnp.sum(row_lse - rws / jnp.maximum(rw, 1e-30))
-           + jnp.sum(col_lse - cws / jnp.maximum(cw, 1e-30)))
+  # lse - positive as (max - positive) + log sum exp(s - max), and the max kept apart from
+  # the log-sum in the saved statistics: a confident row's positive is its max, so its term
+  # and its probability exp(s - max - log_sum) carry no rounding of a large lse.
+  row_ls = jnp.log(rs)
+  cm, col_ls, cw, cws = cm[:b], jnp.log(cs)[:b], cw[:b], cws[:b]
+  total = (jnp.sum(rm - rws / jnp.maximum(rw, 1e-30) + row_ls)
+           + jnp.sum(cm - cws / jnp.maximum(cw, 1e-30) + col_ls))
   loss = lax.psum(0.5 * total, axes) / batch
-  return loss, (row_lse, rw, col_lse, cw)
+  return loss, (rm, row_ls, rw, cm, col_ls, cw)
 
 
 def _softmax_bwd_device(x, y, ids, scale, bias, stats, g, *, n, axes, geo, weight_fn, batch):
   del bias
-  row_lse, row_w, col_lse, col_w = stats
+  row_m, row_ls, row_w, col_m, col_ls, col_w = stats
   tile = geo.tile
   coef = g / (2 * batch)
   row_w = jnp.maximum(row_w, 1e-30)
   local = (jnp.zeros(x.shape, jnp.float32), jnp.zeros((), jnp.float32))   # dx, dscale
   travelling = (_pad_rows(y, geo.padded), _pad_rows(ids, geo.padded),
-                _pad_rows(col_lse, geo.padded), _pad_rows(jnp.maximum(col_w, 1e-30), geo.padded, 1.0),
+                _pad_rows(col_m, geo.padded), _pad_rows(col_ls, geo.padded),
+                _pad_rows(jnp.maximum(col_w, 1e-30), geo.padded, 1.0),
                 jnp.zeros((geo.padded, y.shape[1]), jnp.float32))          # ..., dy
 
   def tile_step(k, carry):
-    (dx, dscale), (yb, ib, clse, cw, dy) = carry
+    (dx, dscale), (yb, ib, cm, cls, cw, dy) = carry
     valid = geo.valid(k)[None, :]
     yt = _tile(yb, k, tile)
     dots = _matmul_t(x, yt)
     s = scale * dots
     w = weight_fn(ids, _tile(ib, k, tile))
-    p_row = jnp.exp(s - row_lse[:, None])
-    p_col = jnp.exp(s - _tile(clse, k, tile)[None, :])
+    p_row = jnp.exp((s - row_m[:, None]) - row_ls[:, None])
+    p_col = jnp.exp((s - _tile(cm, k, tile)[None, :]) - _tile(cls, k, tile)[None, :])
     grad = p_row + p_col - w / row_w[:, None] - w / _tile(cw, k, tile)[None, :]
     grad = jnp.where(valid, coef * grad, 0.0)                       # dL/ds  [b, tile]
     dx = dx + scale * _matmul(grad, yt)
     dy = _put(dy, k, tile, _tile(dy, k, tile) + scale * _matmul(grad.T, x))
     dscale = dscale + jnp.sum(grad * dots)
-    return (dx, dscale), (yb, ib, clse, cw, dy)
+    return (dx, dscale), (yb, ib, cm, cls, cw, dy)
 
   def body(local, travelling):
     return lax.fori_loop(0, geo.num_tiles, tile_step, (local, travelling))
 
-  (dx, dscale), travelling = _ring(n, axes, body, local, travelling, homeward=(4,))
+  (dx, dscale), travelling = _ring(n, axes, body, local, travelling, homeward=(5,))
   dy = travelling[-1][:geo.b]
   return dx, dy, lax.psum(dscale, axes), jnp.zeros((), jnp.float32)
 
@@ -234,7 +237,7 @@ def _sigmoid_bwd_device(x, y, ids, scale, bias, stats, g, *, n, axes, geo, weigh
   return dx, travelling[-1][:geo.b], lax.psum(dscale, axes), lax.psum(dbias, axes)
 
 
-KERNELS = {"softmax": (_softmax_fwd_device, _softmax_bwd_device, 4),
+KERNELS = {"softmax": (_softmax_fwd_device, _softmax_bwd_device, 6),
            "sigmoid": (_sigmoid_fwd_device, _sigmoid_bwd_device, 0)}
 
 

@@ -16,14 +16,12 @@ import jax.numpy as jnp
 def row_sum(x, y, x_all, y_all, offset, scale, bias):
   """x [b, D] local rows, y_all [B, D]; positives at columns offset..offset+b. -> scalar sum."""
   del y, x_all
-  logits = scale * (x @ y_all.T) + bias
-  positives = scale * jnp.sum(x * jax.lax.dynamic_slice_in_dim(y_all, offset, x.shape[0]),
-                              axis=1) + bias
-  # Every pair as a negative, then swap the diagonal's term for the positive one:
-  # -log sig(-l) - (-log sig(l)) corrects each positive pair.
-  negatives = -jax.nn.log_sigmoid(-logits).sum()
-  correction = jnp.sum(jax.nn.log_sigmoid(-positives) - jax.nn.log_sigmoid(positives))
-  return negatives + correction
+  logits = scale * (x @ y_all.T) + bias                                  # [b, B]
+  rows, cols = jnp.arange(x.shape[0])[:, None], jnp.arange(y_all.shape[0])[None, :]
+  # Each pair scored by its own term, softplus(-z * l) = -log sigmoid(z * l): scoring every
+  # pair as a negative and then correcting the positives cancels terms of size |l| only
+  # after summation (3e-5 relative error dense, 4e-4 gathered at scale 100, bias -16.5).
+  return jnp.sum(jax.nn.softplus(jnp.where(cols == rows + offset, -logits, logits)))
 
 
 NEEDS_GATHERED_X = False  # only y is gathered: the matrix covers both directions

@@ -13,11 +13,20 @@ import jax
 import jax.numpy as jnp
 
 
+def cross_entropy(logits, positive):
+  """logits [b, B], positive [b] (each row's target logit, read off `logits`) -> [b]
+  lse(logits) - positive, as (max - positive) + log sum exp(logits - max): when the positive
+  is the row's maximum the first term is exactly 0, so a confident row's small loss is not
+  the difference of two large, rounded numbers."""
+  top = jax.lax.stop_gradient(logits.max(axis=1))   # cancels out of the value: no gradient
+  return (top - positive) + jnp.log(jnp.exp(logits - top[:, None]).sum(axis=1))
+
+
 def _one_direction(x, y_all, offset, scale):
   """x [b, D] local rows, y_all [B, D]; positives at columns offset..offset+b. -> scalar sum."""
   logits = scale * (x @ y_all.T)
-  positives = jnp.sum(x * jax.lax.dynamic_slice_in_dim(y_all, offset, x.shape[0]), axis=1)
-  return jnp.sum(jax.nn.logsumexp(logits, axis=1) - scale * positives)
+  positives = jnp.diagonal(jax.lax.dynamic_slice_in_dim(logits, offset, x.shape[0], axis=1))
+  return jnp.sum(cross_entropy(logits, positives))
 
 
 def row_sum(x, y, x_all, y_all, offset, scale, bias):

@@ -52,10 +52,16 @@ def row_sum_with_ids(name: str, x, y, x_all, y_all, ids, ids_all, scale, bias=0.
   w = weight_fn(ids, ids_all)                                           # [b, B]
   if name == "softmax":
     def direction(s):
-      pos = jnp.sum(w * s, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1e-30)
-      return jnp.sum(jax.nn.logsumexp(s, axis=1) - pos)
+      # lse(s) - sum_j w s / sum_j w, with the max taken out first (softmax.cross_entropy):
+      # exact 0 for the term of a positive that is its row's maximum.
+      top = jax.lax.stop_gradient(s.max(axis=1))
+      pos = jnp.sum(w * (s - top[:, None]), axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1e-30)
+      return jnp.sum(jnp.log(jnp.exp(s - top[:, None]).sum(axis=1)) - pos)
     return 0.5 * (direction(_logits(x, y_all, scale)) + direction(_logits(y, x_all, scale)))
   if name == "sigmoid":
+    # -w log sig(l) - (1 - w) log sig(-l), each pair by its own terms: with w in {0, 1} a
+    # single softplus per pair, never softplus(l) - l (which loses float32 digits when l
+    # is large).
     logits = _logits(x, y_all, scale) + bias
-    return jnp.sum(jax.nn.softplus(logits) - w * logits)
+    return jnp.sum(w * jax.nn.softplus(-logits) + (1 - w) * jax.nn.softplus(logits))
   raise ValueError(f"unknown loss {name!r}")

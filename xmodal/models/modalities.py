@@ -157,39 +157,3 @@ class SignalTower(nn.Module):
     x = sig[:, : (t // p) * p].reshape(batch, t // p, p * c).astype(self.dtype)
     x = layers.dense(cfg.width, (None, "embed"), self.dtype, "patch_embed")(x)
     return TokenEncoder(cfg, self.dtype, name="tokens")(x)
-
-
-TOWERS = {"audio": AudioTower, "video": VideoTower, "volume": VolumeTower,
-          "vector": VectorTower, "signal": SignalTower}
-
-
-def build(cfg, config, name, dtype):
-  return TOWERS[cfg.kind](cfg, dtype, name=name)
-
-
-def output_width(cfg) -> int:
-  """Width of the pooled features (before the head)."""
-  if cfg.kind == "vector" and cfg.encoder == "identity":
-    return cfg.features
-  return cfg.width
-
-
-def input_shape(cfg, config) -> tuple:
-  """Per-example input shape of a tower kind (and the dtype)."""
-  if cfg.kind == "audio":
-    return (cfg.frames, cfg.n_mels), jnp.float32
-  if cfg.kind == "video":
-    s = config.data.image_size
-    return (cfg.frames, s, s, 3), jnp.uint8
-  if cfg.kind == "volume":
-    return (cfg.slices, cfg.size, cfg.size), jnp.float32
-  if cfg.kind == "vector":
-    return (cfg.features,), jnp.float32
-  if cfg.kind == "signal":
-    return (cfg.length, cfg.channels), jnp.float32
-  raise ValueError(f"no input shape for tower kind {cfg.kind!r}")
-
-
-def dummy_input(cfg, config, batch):
-  shape, dtype = input_shape(cfg, config)
-  return jnp.zeros((batch, *shape), dtype)

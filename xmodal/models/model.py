@@ -15,10 +15,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from xmodal import default_config
-
-from xmodal.data import tokenizer as tokenizer_lib
-from xmodal.models import layers, modalities, text, vit
+from xmodal import towers
+from xmodal.models import layers
+from xmodal.models import modalities, text, vit  # noqa: F401 (kept as model.vit, ...)
 
 LOSS_INIT = {  # (scale, bias) defaults: CLIP 1/0.07; SigLIP t=10, b=-10
     "softmax": (1 / 0.07, None),
@@ -28,49 +27,19 @@ LOSS_INIT = {  # (scale, bias) defaults: CLIP 1/0.07; SigLIP t=10, b=-10
 
 def resolved_vit(cfg: ml_collections.ConfigDict) -> dict:
   """The ViT tower's size fields with `variant` ("B/16") applied over them."""
-  out = dict(width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
-             patch_size=cfg.patch_size)
-  if cfg.get("variant"):
-    out.update(vit.parse_variant(cfg.variant))
-  return out
-
-
-def _encoder_kwargs(cfg) -> dict:
-  return dict(mlp_ratio=cfg.mlp_ratio, mlp_dim=cfg.mlp_dim, act=cfg.act,
-              norm_first=cfg.norm_first, pre_norm=cfg.pre_norm, final_norm=cfg.final_norm,
-              layer_norm_eps=cfg.layer_norm_eps, remat=cfg.remat, scan=cfg.scan)
+  return towers.get("vit").resolved(cfg)
 
 
 def with_defaults(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The tower section over its kind's defaults (configs saved before a field existed)."""
-  if cfg.kind not in default_config.TOWER_DEFAULTS:
-    return cfg
-  full = default_config.tower_defaults(cfg.kind)
-  full.update(cfg.to_dict())
-  return full
+  return towers.with_defaults(cfg)
 
 
 def build_tower(cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict, name: str,
                 dtype) -> nn.Module:
-  """One tower module from its config section."""
+  """One tower module from its config section, built by its kind's module (xmodal/towers)."""
   cfg = with_defaults(cfg)
-  if cfg.kind == "vit":
-    kw = _encoder_kwargs(cfg)
-    kw.update(resolved_vit(cfg))
-    return vit.ViT(pool=cfg.pool, pos_embed=cfg.pos_embed, patch_dropout=cfg.patch_dropout,
-                   norm_mean=tuple(cfg.norm_mean), norm_std=tuple(cfg.norm_std), dtype=dtype,
-                   input_normalized=config.data.normalize == "clip", name=name, **kw)
-  if cfg.kind == "text":
-    tok = tokenizer_lib.get_tokenizer(config)
-    return text.TextTransformer(vocab_size=cfg.vocab_size or tok.vocab_size,
-                                context_length=cfg.context_length or tok.context_length,
-                                width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads,
-                                causal=cfg.causal, pool=cfg.pool, pad_id=tok.pad_id,
-                                type_vocab_size=cfg.type_vocab_size, dtype=dtype, name=name,
-                                **_encoder_kwargs(cfg))
-  if cfg.kind in modalities.TOWERS:
-    return modalities.build(cfg, config, name, dtype)
-  raise ValueError(f"config.towers.{name}.kind: unknown tower kind {cfg.kind!r}")
+  return towers.get(cfg.kind).build(cfg, config, dtype, name)
 
 
 class Tower(nn.Module):
@@ -84,16 +53,17 @@ class Tower(nn.Module):
   def __call__(self, x, train: bool = False, normalize: bool = True):
     features = build_tower(self.cfg, self.config, "encoder", self.dtype)(x, train=train)
     cfg = with_defaults(self.cfg)
-    head = cfg.head
+    # A kind from outside xmodal may declare no head fields: a linear head, no bias.
+    head = cfg.get("head", "linear")
     embed_dim = self.config.model.embed_dim
     if head == "linear":
       z = layers.dense(embed_dim, ("embed", "proj"), self.dtype, "head",
-                       use_bias=cfg.head_bias)(features)
+                       use_bias=cfg.get("head_bias", False))(features)
     elif head == "mlp":        # projector (e.g. over a frozen pretrained encoder)
-      hidden = cfg.head_hidden or features.shape[-1]
+      hidden = cfg.get("head_hidden", 0) or features.shape[-1]
       h = nn.gelu(layers.dense(hidden, ("embed", "mlp"), self.dtype, "head_hidden")(features))
       z = layers.dense(embed_dim, ("mlp", "proj"), self.dtype, "head",
-                       use_bias=cfg.head_bias)(h)
+                       use_bias=cfg.get("head_bias", False))(h)
     else:
       z = features
     z = z.astype(jnp.float32)
@@ -145,13 +115,10 @@ def abstract_params(model, config):
 
 
 def dummy_inputs(config, batch: int = 1) -> dict:
-  """Zero inputs of the right shapes and dtypes, for init and shape inference."""
+  """Zero inputs of the right shapes and dtypes (each kind's `input_spec`), for init and
+  shape inference."""
   out = {}
   for m, cfg in config.towers.items():
-    if cfg.kind == "vit":
-      out[m] = jnp.zeros((batch, config.data.image_size, config.data.image_size, 3), jnp.uint8)
-    elif cfg.kind == "text":
-      out[m] = jnp.zeros((batch, config.data.context_length), jnp.int32)
-    else:
-      out[m] = modalities.dummy_input(cfg, config, batch)
+    shape, dtype = towers.get(cfg.kind).input_spec(with_defaults(cfg), config)
+    out[m] = jnp.zeros((batch, *shape), dtype)
   return out
