@@ -401,6 +401,9 @@ def kernel_forms(m: int, shapes, repeats: int = 5) -> dict:
 
 # ------------------------------------------------------------------------------- profile
 
+PROFILE_STEPS = 5   # per step variant: each op's fastest run of these counts
+
+
 def _instructions(hlo_text: str) -> dict:
   """{instruction name: (opcode, called computation or "", op_name metadata)} and
   {computation name: [opcodes]} from an HLO module's text."""
@@ -522,7 +525,7 @@ def loop_wait(size: Size, steps: int, workdir: str, logdir: str, prefetched: boo
       span = runs[run_id]
       span[0], span[1] = min(span[0], start), max(span[1], end)
   spans = sorted(runs.values())       # spans[k] is step k + 1; step 1 also compiled
-  gaps = {k + 1: spans[k][0] - spans[k - 1][1] for k in range(2, len(spans))}   # after step k
+  gaps = {k: spans[k][0] - spans[k - 1][1] for k in range(2, len(spans))}   # after step k
   window = spans[-1][1] - spans[1][0]
   busy = sum(e - s for s, e in spans[1:])
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -704,7 +707,8 @@ def cpu_report(results: dict, breakdowns: dict, loop: dict | None, costs: dict |
   if breakdowns:
     cols = list(breakdowns)
     lines += ["", f"## Where the time goes ({args.sizes.split(',')[0]} size, ms per step)", "",
-              "From a `jax.profiler` trace of 3 steps: each XLA op's fastest run of the three "
+              f"From a `jax.profiler` trace of {PROFILE_STEPS} steps: each XLA op's fastest run "
+              f"of the {PROFILE_STEPS} "
               "(machine load drops out), summed by what the op computes (its HLO opcodes) and "
               "by phase (its jax name stack: forward, backward, or the optimizer and the "
               "rest). With several threads, ops that run at the same time both count.", "",
@@ -750,7 +754,9 @@ NOTES = """## What each change bought, and what was measured and left alone
   the copies and the slow form: the `xmodal / xmodal@before` column, the bytes of the cost
   table, and the Eigen backward rows of the breakdown.
   Same math: values and gradients agree to float32 rounding (tests/test_layers.py, also a
-  whole train step). Used on CPU only.
+  whole train step). Used on CPU only. Its outputs carry a checkpoint name that
+  `remat="dots"` saves (a `custom_vjp` hides its matmul from the dots policy; without the
+  name "dots" recomputed every Dense layer, as "full" does; tests/test_layers.py).
 - **Prefetch to the device** (`xmodal/prefetch.py`, two lines in `train.py`): the loop table.
   On a CPU-only machine the host and the "device" share the cores, so the input pipeline's
   work is not free even when it overlaps; on GPUs the transfer and the host work leave the
@@ -763,6 +769,11 @@ NOTES = """## What each change bought, and what was measured and left alone
   `--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_RUNTIME`: no gain; disabling YNNPACK fusions:
   20-30% slower). fp32 matmuls are full precision on CPU (no TF32 there); remat and scan
   are off by default (`none`, `False`).
+- **Reading the tables on a shared machine**: the ex/s columns and their ratios move with
+  whatever else runs (the load average is in the header; the ranges are in brackets); the CPU
+  ms per example and the cost table move far less. The breakdown's "fastest run" removes
+  only part of the load: compare its rows between columns (the layout and Eigen rows the
+  change removes), not its sums against the speed table.
 - **Metrics** are fetched only at log steps (one `device_get` of the steps since the last
   log); evaluation and checkpoints stall the loop for their own time (the gap column), with
   the prefetch threads filling meanwhile; checkpoints are written asynchronously."""
@@ -851,7 +862,7 @@ def main(argv=None):
       if "profile" in sections and name == args.sizes.split(",")[0]:
         for r in runners[:3]:
           with tempfile.TemporaryDirectory() as d:
-            breakdowns[r.name] = profile(r, 3, d)
+            breakdowns[r.name] = profile(r, PROFILE_STEPS, d)
           print(f"  {r.name} breakdown (ms/step): " + ", ".join(
               f"{k[0]}/{k[1]} {v:.0f}" for k, v in sorted(breakdowns[r.name]["ms"].items())),
               flush=True)
