@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from xmodal import checkpoint, config as config_lib, evaluate, losses, metrics as metrics_lib
-from xmodal import guard, init as init_lib, interrupt, microbatch, optim, parallel
+from xmodal import guard, init as init_lib, interrupt, microbatch, optim, parallel, prefetch
 from xmodal import progress, sharding, towers
 from xmodal.data import bad as bad_lib, pipeline
 from xmodal.models import model as model_lib
@@ -70,6 +70,17 @@ def make_train_step(model, tx, objective, schedule, microbatches: int = 1, seed:
     return new_state, step_metrics
 
   return train_step
+
+
+def jit_train_step(config, mesh, model, tx, objective, schedule, state_sharding, batch_keys):
+  """The train step jitted as `train` runs it (tools/bench_step.py times this very step):
+  state sharded by `state_sharding` and donated, the batch's `batch_keys` split over the
+  batch axes, metrics replicated."""
+  batch_sharding = parallel.batch_sharding(mesh)
+  return jax.jit(make_train_step(model, tx, objective, schedule, config.train.microbatches,
+                                 config.seed),
+                 in_shardings=(state_sharding, {k: batch_sharding for k in batch_keys}),
+                 out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=0)
 
 
 def init_state_fn(model, tx, config):
@@ -178,6 +189,11 @@ def _train(config, workdir: str, mesh, signals) -> dict:
   # ---------------------------------------------------------------- restore or init
   ckpt = checkpoint.Checkpointer(workdir, config.train.keep_checkpoints)
 
+  def open_stream(first_example=0):   # batches on the device before the step asks for them
+    return iter(prefetch.to_device(
+        pipeline.train_dataset(config, jax.process_index(), jax.process_count(), first_example),
+        prefetch.device_batch(mesh, batch_keys)))
+
   def resume(step):                 # raises if the checkpoint is damaged
     meta = ckpt.read_meta(step)
     # The iterator's own saved state fits only the same processes and workers; on another
@@ -186,8 +202,7 @@ def _train(config, workdir: str, mesh, signals) -> dict:
         meta["num_workers"] == config.data.num_workers)
     stream = meta["stream"] if same_topology else {
         "first_example": meta["examples_consumed"], "step": step, "skipped": meta["skipped"]}
-    data_iter = iter(pipeline.train_dataset(config, jax.process_index(), jax.process_count(),
-                                            stream["first_example"]))
+    data_iter = open_stream(stream["first_example"])
     state = ckpt.restore(step, abstract_state, data_iter if same_topology else None)
     return meta, stream, data_iter, state, same_topology
 
@@ -201,7 +216,7 @@ def _train(config, workdir: str, mesh, signals) -> dict:
   else:
     start = 0
     stream = {"first_example": 0, "step": 0, "skipped": 0}   # where this data stream began
-    data_iter = iter(pipeline.train_dataset(config, jax.process_index(), jax.process_count()))
+    data_iter = open_stream()
     state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(config.seed))
     loaded = []
     if config.init.source:
@@ -223,12 +238,8 @@ def _train(config, workdir: str, mesh, signals) -> dict:
         f"global batch {config.batch_size}", flush=True)
 
   # ---------------------------------------------------------------- step
-  batch_sharding = parallel.batch_sharding(mesh)
-  step_fn = jax.jit(make_train_step(model, tx, objective, schedule,
-                                    config.train.microbatches, config.seed),
-                    in_shardings=(state_sharding, {k: batch_sharding for k in batch_keys}),
-                    out_shardings=(state_sharding, parallel.replicated(mesh)),
-                    donate_argnums=0)
+  step_fn = jit_train_step(config, mesh, model, tx, objective, schedule, state_sharding,
+                           batch_keys)
 
   def run_eval(step, final=False):  # the tasks due at `step` (every task when final)
     results = evaluation.run_due(step, state["params"], final)
@@ -270,7 +281,7 @@ def _train(config, workdir: str, mesh, signals) -> dict:
     skipped_local += int(local["skipped"].sum())
     by_reason_local = by_reason_local + local[pipeline.SKIPPED_REASONS_KEY].sum(0)
     epoch = max(epoch, int(local["epoch"].max()))
-    batch = parallel.global_batch(mesh, {k: local[k] for k in batch_keys})
+    batch = {k: local[k] for k in batch_keys}
     state, step_metrics = step_fn(state, batch)
     done = step + 1
     nonfinite.record(done, step_metrics)
@@ -305,9 +316,11 @@ def _train(config, workdir: str, mesh, signals) -> dict:
         sum_skipped()
         save(done)
       ckpt.wait()
+      data_iter.close()
       raise interrupt.Interrupted(signals.signum, done, os.path.join(ckpt.directory, str(done)))
 
   # ---------------------------------------------------------------- finish
+  data_iter.close()                 # stops the prefetch threads
   clock.close()
   ckpt.wait()
   final = run_eval(int(state["step"]), final=True)

@@ -6,8 +6,10 @@ constrained to `("batch", "length", "act_embed")` between blocks so the compiler
 the batch split over data x fsdp and gathers parameters (FSDP) rather than activations.
 
 Attention projects with 2-D `Dense` layers and reshapes (rather than `DenseGeneral`) so that
-logical sharding annotations stay two-dimensional, and calls `jax.nn.dot_product_attention`,
-which picks cuDNN flash attention on GPUs and plain XLA elsewhere.
+logical sharding annotations stay two-dimensional, and calls `jax.nn.dot_product_attention`
+with cuDNN's fused flash attention where `attention_implementation` finds it (an NVIDIA GPU,
+bfloat16 / float16) and XLA's attention elsewhere (jax's own default is always XLA). On CPU,
+Dense layers take `dense_dot_general`, whose backward pass XLA:CPU runs faster.
 
 Blocks are pre-LN (CLIP, SigLIP, ViT) or post-LN (BERT) by `norm_first`; the MLP activation
 is one of ACTIVATIONS. `Encoder` can rematerialise each block (`remat`) and scan over the
@@ -15,6 +17,7 @@ blocks (`scan`: the parameters of all blocks are stacked on a leading "layers" a
 `blocks/`; `stack_blocks` / `unstack_blocks` convert between the two layouts).
 """
 
+import functools
 import re
 from typing import Any
 
@@ -22,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 
@@ -38,18 +43,67 @@ ACTIVATIONS = {
     "relu": nn.relu,
 }
 
+DENSE_OUTPUT = "dense_output"   # checkpoint name of the CPU fast path's Dense outputs
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # a custom_vjp hides its dot_general from the dots policy: its outputs are saved by name
+    "dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(DENSE_OUTPUT)),
 }
+
+
+_CONTRACT_ROWS = (((0,), (0,)), ((), ()))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense_matmul(x, kernel, precision):
+  return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
+
+
+def _dense_matmul_fwd(x, kernel, precision):
+  return _dense_matmul(x, kernel, precision), (x, kernel)
+
+
+def _dense_matmul_bwd(precision, residuals, g):
+  x, kernel = residuals
+  dx = lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())), precision=precision)
+  x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+  if x2.shape[1] <= g2.shape[1]:
+    dk = lax.dot_general(x2, g2, _CONTRACT_ROWS, precision=precision)
+  else:   # the wide side as the output's rows; the barrier keeps XLA from swapping back
+    dk = lax.optimization_barrier(lax.dot_general(g2, x2, _CONTRACT_ROWS, precision=precision)).T
+  return dx, dk
+
+
+_dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
+
+
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """`lax.dot_general` for nn.Dense (x [..., K] . kernel [K, N]) whose backward pass states
+  the kernel gradient as one 2-D product over the flattened rows, x2^T g2 [K, N].
+
+  Why: from autodiff's own transpose rule XLA:CPU makes a transposed copy of g and runs the
+  kernel gradient as a doubly transposed Eigen matmul (~57 GFLOP/s per core against ~95 for
+  the same product in YNNPACK or as x2^T g2; tools/bench_step.py, docs/benchmarks/step.md).
+  Same math, so only rounding moves; used on CPU only (other backends' matmul libraries take
+  any transpose at full speed), and for exactly Dense's dimension numbers."""
+  (lhs_c, rhs_c), (lhs_b, rhs_b) = dimension_numbers
+  if (jax.default_backend() != "cpu" or preferred_element_type is not None or lhs_b or rhs_b
+      or rhs.ndim != 2 or tuple(lhs_c) != (lhs.ndim - 1,) or tuple(rhs_c) != (0,)):
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                           preferred_element_type=preferred_element_type)
+  return checkpoint_name(_dense_matmul(lhs, rhs, precision), DENSE_OUTPUT)
 
 
 def dense(features: int, axes: tuple[str, str], dtype, name: str, use_bias: bool = True):
   """nn.Dense whose kernel [in, out] has logical axes `axes` and bias [out] `axes[1]`."""
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
                   kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+                  dot_general=dense_dot_general)
 
 
 def layer_norm(dtype, name: str, eps: float = 1e-6):
@@ -95,8 +149,49 @@ class Mlp(nn.Module):
     return dense(width, ("mlp", "embed"), self.dtype, "fc2")(x)
 
 
+@functools.cache
+def _cudnn_device(platform: str, platform_version: str, capability: str | None) -> bool:
+  """cuDNN flash attention needs the CUDA backend on compute capability 8.0 (Ampere) or
+  later."""
+  if platform != "gpu" or "cuda" not in platform_version.lower() or not capability:
+    return False
+  return tuple(int(x) for x in capability.split(".")) >= (8, 0)
+
+
+def attention_implementation(dtype, head_dim: int, device=None) -> str:
+  """`implementation` for jax.nn.dot_product_attention: "cudnn" where cuDNN's fused flash
+  attention takes these inputs (CUDA GPU of compute capability >= 8.0, bfloat16 or float16,
+  head_dim a multiple of 8 up to 128), else "xla". device: the first device by default."""
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return "xla"
+  if head_dim % 8 or head_dim > 128:
+    return "xla"
+  device = jax.devices()[0] if device is None else device
+  if _cudnn_device(device.platform, device.client.platform_version,
+                   getattr(device, "compute_capability", None)):
+    return "cudnn"
+  return "xla"
+
+
+def attention(q, k, v, mask=None, causal: bool = False):
+  """q [B, T, H, Dh], k, v [B, S, H, Dh] -> [B, T, H, Dh]. mask [B, S] bool: True = a real
+  key; real keys come first in each row (padding trails, as the text tower builds it), so
+  cuDNN takes the mask as per-row key lengths."""
+  if attention_implementation(q.dtype, q.shape[-1]) == "cudnn":
+    lengths = None if mask is None else jnp.sum(mask, axis=-1, dtype=jnp.int32)
+    try:
+      return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths,
+                                          is_causal=causal, implementation="cudnn")
+    except NotImplementedError:   # jax's cuDNN checks: a shape or layout it does not take
+      pass
+  attn_mask = None if mask is None else mask[:, None, None, :]
+  return jax.nn.dot_product_attention(q, k, v, mask=attn_mask, is_causal=causal,
+                                      implementation="xla")
+
+
 class SelfAttention(nn.Module):
-  """Multi-head self-attention. x [B, L, D], mask [B, L] bool (True = real token) or None.
+  """Multi-head self-attention. x [B, L, D], mask [B, L] bool (True = real token; padding
+  trails) or None.
 
   q, k and v come from one fused [D, 3D] kernel whose output columns are [q | k | v], each
   laid out head by head."""
@@ -111,8 +206,7 @@ class SelfAttention(nn.Module):
     qkv = dense(3 * width, ("embed", "heads"), self.dtype, "qkv")(x)
     qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    attn_mask = None if mask is None else mask[:, None, None, :]
-    out = jax.nn.dot_product_attention(q, k, v, mask=attn_mask, is_causal=self.causal)
+    out = attention(q, k, v, mask, self.causal)
     return dense(width, ("heads", "embed"), self.dtype, "out")(out.reshape(batch, length, width))
 
 
@@ -244,7 +338,7 @@ class MapHead(nn.Module):
     kv = dense(2 * width, ("embed", "heads"), self.dtype, "kv")(x)
     q = q.reshape(batch, 1, self.num_heads, head_dim)
     kv = kv.reshape(batch, length, 2, self.num_heads, head_dim)
-    out = jax.nn.dot_product_attention(q, kv[:, :, 0], kv[:, :, 1])
+    out = attention(q, kv[:, :, 0], kv[:, :, 1])
     y = dense(width, ("heads", "embed"), self.dtype, "out")(out.reshape(batch, 1, width))
     y = y + Mlp(self.mlp_dim, self.dtype, self.act, name="mlp")(
         layer_norm(self.dtype, "ln", self.eps)(y))
