@@ -652,6 +652,10 @@ def _conditions(threads: int) -> str:
           f"{jax.__version__}, torch {torch.__version__}, one CPU device, float32")
 
 
+SHARED = (" Timings on a machine shared with other work move with its load (the load average "
+          "above): hence alternating rounds, per-round ratios and CPU time per example.")
+
+
 def cpu_report(results: dict, breakdowns: dict, loop: dict | None, costs: dict | None,
                args) -> str:
   command = " ".join(["python tools/bench_step.py", *args.argv])
@@ -661,7 +665,8 @@ def cpu_report(results: dict, breakdowns: dict, loop: dict | None, costs: dict |
                f"{SIZES[n].width}, {SIZES[n].depth} layers, {SIZES[n].heads} heads, MLP "
                f"{SIZES[n].mlp}; text {SIZES[n].context} tokens, vocab {SIZES[n].vocab}, width "
                f"{SIZES[n].text_width}, {SIZES[n].text_depth} layers; embedding {SIZES[n].embed}"
-               for n in (results or {"tiny": 0})) + ". AdamW, float32, one CPU device.", ""]
+               for n in (results or {"tiny": 0})) + ". AdamW, float32, one CPU device." + SHARED,
+           ""]
   names = ["xmodal", "xmodal@before", "flax", "torch"]
   if results:
     lines += ["| size | batch | rounds x steps | " + " | ".join(f"{n} ex/s" for n in names) +
@@ -757,10 +762,16 @@ NOTES = """## What each change bought, and what was measured and left alone
   whole train step). Used on CPU only. Its outputs carry a checkpoint name that
   `remat="dots"` saves (a `custom_vjp` hides its matmul from the dots policy; without the
   name "dots" recomputed every Dense layer, as "full" does; tests/test_layers.py).
-- **Prefetch to the device** (`xmodal/prefetch.py`, two lines in `train.py`): the loop table.
-  On a CPU-only machine the host and the "device" share the cores, so the input pipeline's
-  work is not free even when it overlaps; on GPUs the transfer and the host work leave the
-  step's critical path.
+- **Prefetch to the device** (`xmodal/prefetch.py`, a few lines in `train.py`): the loop
+  table. It shortens the gap after an ordinary step (the batch is already on the device) and
+  lets the evaluation + checkpoint gap shrink to about the evaluation's own time. On a
+  CPU-only machine the host and the "device" share the cores, so the input pipeline's work
+  is not free even when it overlaps, and the totals move with the machine's load; on GPUs
+  the transfer and the host work leave the step's critical path.
+- **Not done: the gap after a log step.** Fetching the metrics waits for that step to end,
+  and the next step is dispatched only after the host has written the log line, so the
+  device idles for the host's logging (a few hundred ms under load here, once per
+  `train.log_every` steps). Dispatching the next step before fetching would remove it.
 - **Measured, bought nothing, left as is**: the objective's `shard_map` and collectives on a
   one-device mesh (`loss.impl="dense"` row of the cost table: the same bytes, a few more ops),
   the sharding constraints (no-ops on one device), gradient clipping and the weight-decay
