@@ -14,7 +14,7 @@ sample's views adjacent so a device holds its samples' views; itself excluded), 
 target is uniform over the row's own sample's other views, plus the local difference
 between that target's mean score and the positives' log-sum-exp (a per-sample quantity,
 no other device's rows). Invariant to permuting the views. With M = 2 it is SimCLR's
-NT-Xent over the 2B embeddings.
+NT-Xent over the 2B embeddings minus log 2 (the positive pair counts in both orders).
 """
 
 import jax.numpy as jnp
