@@ -64,3 +64,9 @@ def test_no_queue_on_a_group_term():
 def test_group_objectives_are_registered():
   assert {n for n in objectives.names() if groups.is_group(objectives.get(n))} >= {
       "binding", "symile", "gram", "mv_infonce", "mv_dhel"}
+
+
+def test_uniformity_takes_a_single_tower():
+  terms.check(loss_cases.vector_config("uniformity", pairs=("x",)))
+  with pytest.raises(ConfigError, match=r"'a\[:b\.\.\.\]' with one or more"):
+    terms.check(loss_cases.vector_config("uniformity", pairs=("x:x",)))

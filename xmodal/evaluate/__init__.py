@@ -1,5 +1,7 @@
-"""Evaluators over a held-out split: cross-modal retrieval for every loss pair, and
-zero-shot classification when the towers are an image and a text tower with class names.
+"""Evaluators over a held-out split: cross-modal retrieval and the space's geometry
+(evaluate/geometry.py: modality gap, alignment, uniformity, effective rank) for every loss
+pair, joint retrieval for Symile / GRAM terms (evaluate/joint.py), and zero-shot
+classification when the towers are an image and a text tower with class names.
 
 `run(config, embedder, params, data)` -> flat metrics {"retrieval/image->text/R@1": ..,
 "zeroshot/top1": .., ...}; `data` is `pipeline.eval_arrays(config)`.
@@ -9,7 +11,7 @@ import numpy as np
 
 from xmodal import config as config_lib
 from xmodal.data import pipeline, tokenizer as tokenizer_lib
-from xmodal.evaluate import retrieval, zeroshot
+from xmodal.evaluate import geometry, joint, retrieval, zeroshot
 
 
 def run(config, embedder, params, data) -> tuple[dict, dict]:
@@ -27,10 +29,13 @@ def run(config, embedder, params, data) -> tuple[dict, dict]:
   for a, b in config_lib.loss_pairs(config):
     for k, v in retrieval.bidirectional(a, z[a], b, z[b]).items():
       metrics[f"retrieval/{k}"] = v
+    for k, v in geometry.pair_metrics(a, z[a], b, z[b]).items():   # gap, alignment, ...
+      metrics[f"geometry/{k}"] = v
     if has_labels and pipeline.ready_source(config, "eval"):
       for q, g in ((a, b), (b, a)):
         nearest = np.argmax(z[q] @ z[g].T, axis=1)
         metrics[f"retrieval/{q}->{g}/class_top1"] = float(np.mean(labels[nearest] == labels))
+  metrics.update(joint.metrics(config, z, params))
   names = pipeline.classnames(config)
   kinds = sorted(t.kind for t in config.towers.values() if not t.get("input"))
   if names is not None and has_labels and kinds == ["text", "vit"]:

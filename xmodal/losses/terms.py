@@ -178,7 +178,9 @@ def check(config) -> None:
       raise ConfigError(f"config.loss.terms.{name}: term names are identifiers (they name "
                         f"params and metrics)")
     for pair in entry.get("pairs", ()):
-      _check_pair(f"{where}pairs", pair, towers, groups.is_group(objectives.get(objective)))
+      module = objectives.get(objective)
+      _check_pair(f"{where}pairs", pair, towers,
+                  getattr(module, "MIN_TOWERS", 2) if groups.is_group(module) else 0)
   for term in resolve(config):
     where = "loss." if one_term(config) else f"loss.terms.{term.name}."
     if hasattr(term.module, "check"):        # first: it names the option that is wrong
@@ -216,10 +218,12 @@ def check(config) -> None:
                           f"batch (their size is known only from the data)")
 
 
-def _check_pair(field, pair, towers, group=False):
+def _check_pair(field, pair, towers, group=0):
+  """group: 0 for a pair objective, else the least number of towers of a group."""
   parts = pair.split(":")
-  bad = len(parts) < 2 if group else len(parts) != 2
+  bad = len(parts) < group if group else len(parts) != 2
   if bad or len(set(parts)) != len(parts) or any(p not in towers for p in parts):
-    shape = "'a:b[:c...]' with two or more" if group else "'a:b' with two"
+    shape = ("'a:b' with two" if not group else "'a:b[:c...]' with two or more" if group == 2
+             else "'a[:b...]' with one or more")
     raise ConfigError(f"config.{field}: {pair!r} must be {shape} different tower "
                       f"names from {sorted(towers.keys())}")
