@@ -31,6 +31,11 @@ def _inputs(name, seed, k=None):
   emb = {"x": loss_cases.unit(keys[0], (B, D)), "y": loss_cases.unit(keys[1], y_shape)}
   if groups.is_group(objectives.get(name)):        # a third tower (EXAMPLE: pairs x:y:z)
     emb["z"] = loss_cases.unit(keys[8], (B, D))
+  if getattr(objectives.get(name), "TOKENS", False):   # token features, some padding
+    for i, (t, n) in enumerate((("x", 4), ("y", 5))):
+      emb[f"{t}:tokens"] = loss_cases.unit(jax.random.fold_in(keys[8], i), (B, n, D))
+      emb[f"{t}:mask"] = (jnp.arange(n)[None] < 1 + jnp.arange(B)[:, None] % n).astype(
+          jnp.float32)
   extras = {"rng": keys[2], "step": jnp.int32(3),
             "frozen": {"tx": loss_cases.unit(keys[3], (B, D)),
                        "ty": loss_cases.unit(keys[4], y_shape),
@@ -85,7 +90,8 @@ def test_drivers_agree(name, n):
 
 def _variants():
   for name in objectives.names():
-    group = groups.is_group(objectives.get(name))           # one [B, D] per tower, no queue
+    module = objectives.get(name)                           # one [B, D] / [B, T, D] per
+    group = groups.is_group(module) or getattr(module, "TOKENS", False)   # tower, no queue
     yield pytest.param(name, "groups", id=f"{name}-groups")
     if name != "mixup" and not group:                        # mixes one row per example
       yield pytest.param(name, "k", id=f"{name}-k")

@@ -57,7 +57,7 @@ def test_pair_objectives_still_take_pairs_only():
 
 def test_no_queue_on_a_group_term():
   c = loss_cases.vector_config("binding", queue=80)
-  with pytest.raises(ConfigError, match=r"loss\.terms\.binding\.queue: .*group"):
+  with pytest.raises(ConfigError, match=r"loss\.terms\.binding\.queue: .*group of towers"):
     terms.check(c)
 
 

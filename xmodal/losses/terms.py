@@ -204,9 +204,9 @@ def check(config) -> None:
           raise ConfigError(f"config.{where[:-1]}: needs tower {t!r}, which is not in "
                             f"config.towers ({sorted(towers.keys())})")
     if term.queue:
-      if groups.is_group(term.module):
-        raise ConfigError(f"config.{where}queue: {term.objective!r} spans a group of towers; "
-                          f"only pair objectives take a queue")
+      if groups.is_group(term.module) or getattr(term.module, "TOKENS", False):
+        raise ConfigError(f"config.{where}queue: {term.objective!r} spans a group of towers "
+                          f"or scores tokens; only pooled pair objectives take a queue")
       if term.family != families.SOFTMAX:
         raise ConfigError(f"config.{where}queue: only softmax-family objectives take a "
                           f"queue, {term.objective!r} is {term.family}")
