@@ -59,7 +59,8 @@ def build_tower(cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDic
     kw.update(resolved_vit(cfg))
     return vit.ViT(pool=cfg.pool, pos_embed=cfg.pos_embed, patch_dropout=cfg.patch_dropout,
                    norm_mean=tuple(cfg.norm_mean), norm_std=tuple(cfg.norm_std), dtype=dtype,
-                   input_normalized=config.data.normalize == "clip", name=name, **kw)
+                   input_normalized=config.data.normalize == "clip", tokens=cfg.tokens,
+                   name=name, **kw)
   if cfg.kind == "text":
     tok = tokenizer_lib.get_tokenizer(config)
     return text.TextTransformer(vocab_size=cfg.vocab_size or tok.vocab_size,
@@ -67,7 +68,7 @@ def build_tower(cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDic
                                 width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads,
                                 causal=cfg.causal, pool=cfg.pool, pad_id=tok.pad_id,
                                 type_vocab_size=cfg.type_vocab_size, dtype=dtype, name=name,
-                                **_encoder_kwargs(cfg))
+                                tokens=cfg.tokens, **_encoder_kwargs(cfg))
   if cfg.kind in modalities.TOWERS:
     return modalities.build(cfg, config, name, dtype)
   raise ValueError(f"config.towers.{name}.kind: unknown tower kind {cfg.kind!r}")
@@ -82,20 +83,35 @@ class Tower(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False, normalize: bool = True):
+    """-> z [B, D], or (z, tokens [B, T, D'], mask [B, T]) with towers.<name>.tokens."""
     features = build_tower(self.cfg, self.config, "encoder", self.dtype)(x, train=train)
     cfg = with_defaults(self.cfg)
+    tokens = None
+    if cfg.get("tokens"):
+      features, tokens, mask = features
     head = cfg.head
     embed_dim = self.config.model.embed_dim
     if head == "linear":
-      z = layers.dense(embed_dim, ("embed", "proj"), self.dtype, "head",
-                       use_bias=cfg.head_bias)(features)
+      project = layers.dense(embed_dim, ("embed", "proj"), self.dtype, "head",
+                             use_bias=cfg.head_bias)
     elif head == "mlp":        # projector (e.g. over a frozen pretrained encoder)
       hidden = cfg.head_hidden or features.shape[-1]
-      h = nn.gelu(layers.dense(hidden, ("embed", "mlp"), self.dtype, "head_hidden")(features))
-      z = layers.dense(embed_dim, ("mlp", "proj"), self.dtype, "head",
-                       use_bias=cfg.head_bias)(h)
+      inner = layers.dense(hidden, ("embed", "mlp"), self.dtype, "head_hidden")
+      outer = layers.dense(embed_dim, ("mlp", "proj"), self.dtype, "head",
+                           use_bias=cfg.head_bias)
+      project = lambda f: outer(nn.gelu(inner(f)))  # noqa: E731
     else:
-      z = features
+      project = lambda f: f  # noqa: E731
+    z = self._unit(project(features), normalize)
+    if tokens is None:
+      return z
+    # FILIP: each token through the pooled head (shared weights), or its own small head
+    token_head = (layers.dense(cfg.token_dim, ("embed", "proj"), self.dtype, "token_head")
+                  if cfg.token_dim else project)
+    return z, self._unit(token_head(tokens), normalize), mask
+
+  @staticmethod
+  def _unit(z, normalize):
     z = z.astype(jnp.float32)
     if not normalize:
       return z
@@ -127,6 +143,10 @@ class MultiTower(nn.Module):
         out[m] = z.reshape(x.shape[:2] + z.shape[1:])
       else:
         out[m] = tower(x, train, normalize)
+      if isinstance(out[m], tuple):           # token features (towers.<m>.tokens)
+        if extra == 1:
+          raise ValueError(f"config.towers.{m}.tokens: not with K inputs per example")
+        out[m], out[f"{m}:tokens"], out[f"{m}:mask"] = out[m]
     return out
 
 
