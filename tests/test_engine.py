@@ -31,6 +31,8 @@ def _inputs(name, seed, k=None):
   emb = {"x": loss_cases.unit(keys[0], (B, D)), "y": loss_cases.unit(keys[1], y_shape)}
   if groups.is_group(objectives.get(name)):        # a third tower (EXAMPLE: pairs x:y:z)
     emb["z"] = loss_cases.unit(keys[8], (B, D))
+  if getattr(objectives.get(name), "VIEWS", False):    # a second view of x (data.views)
+    emb["x:view"] = loss_cases.unit(jax.random.fold_in(keys[8], 7), (B, D))
   if getattr(objectives.get(name), "TOKENS", False):   # token features, some padding
     for i, (t, n) in enumerate((("x", 4), ("y", 5))):
       emb[f"{t}:tokens"] = loss_cases.unit(jax.random.fold_in(keys[8], i), (B, n, D))

@@ -281,6 +281,9 @@ SCHEMA = dict(
                            "while the record has enough)", gt=0),
         image_size=Field(32, "image side in pixels after cropping", gt=0),
         flip=Field(False, "random horizontal flip when training"),
+        # SLIP / TCL / CleanCLIP intra-modal terms (losses/objectives/views.py).
+        views=Field((), "('image',): towers whose training input also comes as a second, "
+                    "independently augmented view (batch key '<tower>:view')"),
         image_dtype=Field("uint8", "'uint8' (the tower normalises on device) or 'float32'",
                           choices=("uint8", "float32")),
         normalize=Field("none", "float32 only: 'none' ([0, 255]) or 'clip' (mean/std)",

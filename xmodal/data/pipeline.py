@@ -163,6 +163,7 @@ class Preprocess(grain.transforms.RandomMap):
   num_captions: int = 1
   image_dtype: str = "uint8"
   normalize: str = "none"
+  views: tuple = ()            # data.views: a second augmented view of the image
 
   def _captions(self, caption) -> list[str] | str:
     """Usable captions, or a string: why there are none."""
@@ -190,24 +191,15 @@ class Preprocess(grain.transforms.RandomMap):
       return {"_bad": captions, **extra}
     image = record["image"]
     try:
-      if isinstance(image, np.ndarray):
-        if self.train:
-          pixels = transforms.random_resized_crop(image, self.image_size, rng, self.crop_scale,
-                                                  self.crop_ratio, self.flip)
-        else:
-          from PIL import Image
-          pixels = transforms.resize_center_crop(Image.fromarray(image), self.image_size)
-      elif self.train:
-        pixels = transforms.decode_random_crop(image, self.image_size, rng, self.crop_scale,
-                                               self.crop_ratio, self.flip)
-      else:
-        pixels = transforms.decode_center_crop(image, self.image_size)
+      pixels = self._pixels(image, rng)
+      view = (self._pixels(image, rng) if self.train and self.image_key in self.views
+              else None)
     except Exception as e:  # PIL raises many types for broken or missing files.
       where = image if isinstance(image, str) else f"{len(image)} bytes" if isinstance(
           image, (bytes, bytearray)) else type(image).__name__
       return {"_bad": f"unreadable image ({where}): {e}", **extra}
-    pixels = transforms.finalize(np.ascontiguousarray(pixels), self.image_dtype,
-                                 self.normalize)
+    if view is not None:
+      extra[f"{self.image_key}:view"] = view
 
     def example(text):
       return {self.image_key: pixels, self.text_key: self.tokenizer.encode(text),
@@ -226,6 +218,22 @@ class Preprocess(grain.transforms.RandomMap):
     if self.captions == "sample" and self.train and len(captions) > 1:
       return example(captions[int(rng.integers(len(captions)))])
     return example(captions[0])
+
+  def _pixels(self, image, rng):
+    """One augmented (train) or centre-cropped (eval) view of the image, finalised."""
+    if isinstance(image, np.ndarray):
+      if self.train:
+        pixels = transforms.random_resized_crop(image, self.image_size, rng, self.crop_scale,
+                                                self.crop_ratio, self.flip)
+      else:
+        from PIL import Image
+        pixels = transforms.resize_center_crop(Image.fromarray(image), self.image_size)
+    elif self.train:
+      pixels = transforms.decode_random_crop(image, self.image_size, rng, self.crop_scale,
+                                             self.crop_ratio, self.flip)
+    else:
+      pixels = transforms.decode_center_crop(image, self.image_size)
+    return transforms.finalize(np.ascontiguousarray(pixels), self.image_dtype, self.normalize)
 
 
 class _SkipBadIterator(grain.DatasetIterator):
@@ -306,7 +314,7 @@ def preprocess_for(config, train: bool) -> Preprocess:
                     crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
                     flip=d.flip, captions=d.captions, num_captions=d.num_captions,
                     image_dtype=d.image_dtype,
-                    normalize=d.normalize)
+                    normalize=d.normalize, views=tuple(d.views))
 
 
 @dataclasses.dataclass

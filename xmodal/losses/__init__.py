@@ -118,8 +118,16 @@ class Objective:
     return (GROUP_KEY,) * self.group + tuple(sorted(keys))
 
   def inputs(self, batch) -> dict:
-    """{tower: its batch input} for the towers the loss differentiates."""
-    return {t: batch[config_lib.input_key(self.config, t)] for t in self.student_towers()}
+    """{tower: its batch input} for the towers the loss differentiates, and
+    {"<tower>:view": its second view} for terms between views (VIEWS: data.views)."""
+    out = {t: batch[config_lib.input_key(self.config, t)] for t in self.student_towers()}
+    for t in self.view_towers():
+      out[f"{t}:view"] = batch[f"{config_lib.input_key(self.config, t)}:view"]
+    return out
+
+  def view_towers(self) -> tuple:
+    return tuple(sorted({t for term in self.terms if getattr(term.module, "VIEWS", False)
+                         for p in term.pairs for t in p}))
 
   def prepare(self, model, state, batch, rng, microbatches: int = 1):
     """The step's work without gradient, before the loss: -> (extras for `loss`, the loss

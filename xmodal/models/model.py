@@ -118,6 +118,9 @@ class Tower(nn.Module):
     return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
 
 
+VIEW = ":view"          # batch / embedding key suffix of a second augmented view
+
+
 class MultiTower(nn.Module):
   """Maps {modality: input} (any subset of config.towers) to {modality: embedding}."""
   config: ml_collections.ConfigDict
@@ -128,16 +131,20 @@ class MultiTower(nn.Module):
     normalize=False returns the heads' raw outputs (for parity checks against references)."""
     config = self.config
     dtype = jnp.bfloat16 if config.model.compute_dtype == "bfloat16" else jnp.float32
-    unknown = set(inputs) - set(config.towers.keys())
+    # '<tower>:view' (data.views): a second augmented view, through the same tower
+    tower_of = {m: m.removesuffix(VIEW) for m in inputs}
+    unknown = set(tower_of.values()) - set(config.towers.keys())
     if unknown:
       raise ValueError(f"inputs {sorted(unknown)} have no tower; towers: {list(config.towers)}")
     # The loss's learnable scalars: logit_scale (and logit_bias), and each loss term's own.
     for name, value in loss_terms.scalars(config).items():
       self.param(name, nn.initializers.constant(value), ())
     out = {}
+    towers = {t: Tower(config.towers[t], config, dtype, name=t)
+              for t in dict.fromkeys(tower_of.values())}
     for m, x in inputs.items():
-      tower = Tower(config.towers[m], config, dtype, name=m)
-      extra = x.ndim - _input_rank(config, m)
+      tower = towers[tower_of[m]]
+      extra = x.ndim - _input_rank(config, tower_of[m])
       if extra == 1:      # [B, K, ...]: K inputs per example (data.captions="k")
         z = tower(x.reshape((-1,) + x.shape[2:]), train, normalize)
         out[m] = z.reshape(x.shape[:2] + z.shape[1:])
