@@ -105,3 +105,14 @@ def test_filip_trains_image_and_text_towers():
   batches = lambda i: synthetic.paired_batch(config, 32, np.random.default_rng(i))[0]  # noqa: E731
   _, history = loss_cases.train_run(config, batches, 30, model_lib.MultiTower(config))
   assert np.mean(history[-5:]) < np.mean(history[:5]) - 0.3, history
+
+
+def test_local_max_in_chunks_equals_all_at_once(monkeypatch):
+  emb = _emb(4, b=10)
+  args = [jnp.asarray(emb[k]) for k in ("x:tokens", "x:mask", "y:tokens", "y:mask")]
+  whole = FILIP._local_max(*args)
+  monkeypatch.setattr(FILIP, "CHUNK", 3)                # 4 chunks, the last one padded
+  np.testing.assert_allclose(FILIP._local_max(*args), whole, rtol=1e-6)
+  sim = np.einsum("ipd,jqd->ipjq", np.asarray(args[0]), np.asarray(args[2]))
+  want = np.where(np.asarray(args[3])[None, None] > 0, sim, -np.inf).max(axis=(2, 3))
+  np.testing.assert_allclose(whole, want, rtol=1e-6)

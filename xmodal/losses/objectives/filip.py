@@ -88,6 +88,28 @@ def _per_shard(fn, shards, *arrays):
   return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:]), out)
 
 
+CHUNK = 64              # the other tower's rows per step of the local max: [b, T, 64, T']
+
+
+def _local_max(xt, xm, yt, ym):
+  """[b, T]: each x token's max similarity to the other tower's valid tokens of the shard,
+  over chunks of its rows (memory [b, T, CHUNK, T'], not [b, T, b, T'])."""
+  del xm
+  n = yt.shape[0]
+  c = min(CHUNK, n)
+  pad = (-n) % c
+  yt = jnp.pad(yt, ((0, pad), (0, 0), (0, 0))).reshape((-1, c) + yt.shape[1:])
+  ym = jnp.pad(ym, ((0, pad), (0, 0))).reshape((-1, c, ym.shape[1]))   # padded rows: mask 0
+
+  def step(best, chunk):
+    t, m = chunk
+    sim = jnp.einsum("ipd,jqd->ipjq", xt, t, preferred_element_type=jnp.float32)
+    return jnp.maximum(best, jnp.max(jnp.where(m.astype(bool)[None, None], sim, FAR),
+                                     axis=(2, 3))), None
+  best, _ = jax.lax.scan(step, jnp.full(xt.shape[:2], FAR, jnp.float32), (yt, ym))
+  return best
+
+
 def select(opts, rng, shards, xt, xm, yt, ym):
   """(tokens [B, keep, D], mask [B, keep]) of x: the kept tokens of each example."""
   keep = int(opts.keep)
@@ -98,10 +120,7 @@ def select(opts, rng, shards, xt, xm, yt, ym):
       raise ValueError("filip: select='random' needs a random key (extras['rng'])")
     key = jax.random.uniform(rng, xm.shape)
   else:
-    def local(xt, xm, yt, ym):      # max similarity of each token to the shard's other tokens
-      sim = jnp.einsum("ipd,jqd->ipjq", xt, yt, preferred_element_type=jnp.float32)
-      return jnp.max(jnp.where(ym.astype(bool)[None, None], sim, FAR), axis=(2, 3))
-    key = jax.lax.stop_gradient(_per_shard(local, shards, xt, xm, yt, ym))
+    key = jax.lax.stop_gradient(_per_shard(_local_max, shards, xt, xm, yt, ym))
   key = jnp.where(xm.astype(bool), key, -jnp.inf)            # padding last
   _, idx = jax.lax.top_k(key, keep)
   return (jnp.take_along_axis(xt, idx[..., None], axis=1),
