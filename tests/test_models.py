@@ -118,7 +118,8 @@ def test_token_features_beside_the_pooled_embedding():
                                "towers.text.token_dim": 8})
   model, params = _init(config)
   _, plain_params = _init(plain)
-  names = lambda p: {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(p)}  # noqa: E731
+  names = lambda p: {jax.tree_util.keystr(k)  # noqa: E731
+                     for k, _ in jax.tree_util.tree_leaves_with_path(p)}
   assert names(params) - names(plain_params) == {"['text']['token_head']['kernel']",
                                                  "['text']['token_head']['bias']"}
   tok = tokenizer_lib.ByteTokenizer(config.data.context_length)

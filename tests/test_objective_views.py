@@ -2,6 +2,8 @@
 float64 numpy, the pipeline's second view (data.views) is an independent crop of the same
 image, and validation names data.views."""
 
+import os
+
 import jax
 import ml_collections
 import numpy as np
@@ -14,6 +16,7 @@ from xmodal.fields import ConfigError
 from xmodal.losses import groups, objectives, terms
 
 VIEWS = objectives.get("views")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_is_nt_xent_between_the_views():
@@ -80,4 +83,3 @@ def test_clip_plus_views_trains_from_the_cli(tmp_path):
   assert "scale/views" in rows[-1]
 
 
-_ROOT = __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__)))

@@ -39,6 +39,14 @@ from xmodal.losses import terms  # noqa: E402
 
 DEVICES = 8
 GB = 1e9
+READING = (
+    "Reading the ratios: `binding` is two CLIP calls, `symile` three (one per anchor) and "
+    "`gram` one call whose score is k-1 matmuls plus a (k-1) x (k-1) quadratic form per "
+    "pair; `mv_infonce` scores 3B x 3B embeddings (9x CLIP's pairs, one direction); "
+    "`filip` scores every kept token pair (keep^2 = 64x CLIP's dot products per example "
+    "pair, with a max over one side and a mean over the other) and selects tokens by their "
+    "local max similarity first. FILIP's ring memory per device grows with b x tile_size x "
+    "keep^2 (one tile of token scores): lower `loss.tile_size` and `keep` bound it.")
 # objective -> (term options, towers it reads): every one spans x, y (and z)
 CASES = {
     "softmax": dict(pairs=("x:y",)),
@@ -192,7 +200,7 @@ def main():
             "The 8 simulated devices share the CPU cores and the machine was shared with "
             "other jobs: relative numbers only (ratio to CLIP's ring at the same batch)."]
   print("timing", flush=True)
-  lines += [""] + timing(names, time_sizes, a)
+  lines += [""] + timing(names, time_sizes, a) + ["", READING]
   text = "\n".join(lines) + "\n"
   os.makedirs(os.path.dirname(a.out), exist_ok=True)
   with open(a.out, "w", encoding="utf-8") as f:

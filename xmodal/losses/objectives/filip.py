@@ -8,7 +8,8 @@ example i of tower a and j of tower b, with valid tokens P_i and Q_j and learnab
 
     s^a_ij = 1/|P_i| sum_(p in P_i) max_(q in Q_j) x_ip . y_jq       (a -> b)
     s^b_ij = 1/|Q_j| sum_(q in Q_j) max_(p in P_i) x_ip . y_jq       (b -> a)
-    L = 1/2 [ 1/B sum_i CE(onehot_i, softmax_j t s^a_i.) + 1/B sum_j CE(onehot_j, softmax_i t s^b_.j) ]
+    L = 1/2 [ 1/B sum_i CE(onehot_i, softmax_j t s^a_i.)
+              + 1/B sum_j CE(onehot_j, softmax_i t s^b_.j) ]
 
 Padding tokens are in no max and no mean. A tile of columns holds whole examples, so each
 tile's max-then-mean is complete: the ring and gathered drivers stream it like any score
