@@ -190,7 +190,10 @@ def main():
       "",
       "`memory_analysis().temp_size_in_bytes` of `jax.jit(value_and_grad(loss))` compiled "
       "for `jax.ShapeDtypeStruct` inputs; b = rows per device. Arguments (the embeddings) "
-      "are not temp. Every ring column grows with b only; gathered columns grow with b x B.",
+      "are not temp. The ring holds a few [b, d] blocks (per tower, per anchor) and one "
+      "tile; the gathered driver holds the all-gathered [B, d] columns and one tile. With 8 "
+      "devices b = B / 8, so both double with B here; at a fixed b, only the gathered "
+      "column grows with the number of devices.",
   ]
   print("memory", flush=True)
   tables = memory(names, sizes, a)
