@@ -17,6 +17,7 @@ so every driver streams it. Use it with its own scale: `terms.section("views",
 pairs=("image",), scale="own", weight=1.0)` beside a CLIP term.
 """
 
+import dataclasses
 import math
 
 from xmodal.fields import ConfigError
@@ -33,7 +34,6 @@ EXAMPLE = dict(pairs=("x",))
 
 
 def check(opts, config, where):
-  from xmodal import config as config_lib   # noqa: PLC0415
   from xmodal.data import pipeline   # noqa: PLC0415
   if pipeline.ready_source(config, "train"):
     raise ConfigError(f"config.{where}objective: views needs an augmenting source (image "
@@ -46,7 +46,6 @@ def check(opts, config, where):
   if not config.data.views:
     raise ConfigError(f"config.{where}objective: views needs config.data.views, e.g. "
                       f"({image_key!r},)")
-  del config_lib
 
 
 def contrast(opts, pair=None):
@@ -60,7 +59,8 @@ def blocks(opts, ctx, *towers):
     if key not in ctx.emb:
       raise ValueError(f"views: no embeddings of {key!r}: set config.data.views to "
                        f"include {t!r}")
-    pair = mv_infonce.blocks(opts, _Only(ctx, {t: ctx.emb[t], key: ctx.emb[key]}), t, key)
+    only = dataclasses.replace(ctx, emb={t: ctx.emb[t], key: ctx.emb[key]})
+    pair = mv_infonce.blocks(opts, only, t, key)
     parts += [groups.Part(p.rows, p.cols, weight=1.0 / len(towers), label=t)
               for p in pair.parts]
     locals_.append(pair.local)
@@ -70,10 +70,3 @@ def blocks(opts, ctx, *towers):
 
   return groups.Parts(parts, local)
 
-
-class _Only:
-  """A context view with only the given embeddings (mv_infonce reads ctx.emb)."""
-
-  def __init__(self, ctx, emb):
-    self.emb = emb
-    self.ctx = ctx
