@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 
 from xmodal import losses
-from xmodal.losses import engine, objectives, terms
+from xmodal.losses import engine, groups, objectives, terms
 from tiny import make_tiny_config
 
 
@@ -52,14 +52,17 @@ def softmax(v):
 
 
 def vector_config(objective=None, impl="dense", tile=3, batch=40, dim=16, queue=0, **opts):
-  """A config with vector towers x, y (students) and tx, ty, ref (frozen towers reading x
-  and y's inputs: teachers, references), and one loss term of `objective`."""
+  """A config with vector towers x, y (students; and z for a group objective) and tx, ty,
+  ref (frozen towers reading x and y's inputs: teachers, references), and one loss term of
+  `objective`."""
   c = make_tiny_config()
   vec = lambda **kw: ml_collections.ConfigDict({  # noqa: E731
       **dict(kind="vector", input="", features=8, width=16, depth=1, num_heads=2), **kw})
   with c.unlocked():
     c.towers = ml_collections.ConfigDict(dict(x=vec(), y=vec(), tx=vec(input="x"),
                                               ty=vec(input="y"), ref=vec(input="x")))
+    if objective is not None and groups.is_group(objectives.get(objective)):
+      c.towers.z = vec()                      # a third student tower for group objectives
     c.data.source = "synthetic"
     c.train.frozen = ("tx/.*", "ty/.*", "ref/.*")
     c.loss.impl, c.loss.tile_size = impl, tile

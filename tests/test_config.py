@@ -237,8 +237,9 @@ def test_a_config_saved_before_evaluation_tasks_evaluates_with_the_default_tasks
   del saved["eval"]["tasks"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
   config = notebook.load_config(str(tmp_path))
-  assert sorted(config.eval.tasks) == ["retrieval", "zeroshot"]
+  assert sorted(config.eval.tasks) == ["geometry", "joint", "retrieval", "zeroshot"]
   assert config.eval.tasks.zeroshot.to_dict() == default_config.default_tasks()[
       "zeroshot"].to_dict()
   config_lib.validate(config, num_devices=8)
-  assert sorted(config_lib.upgrade(saved)["eval"]["tasks"]) == ["retrieval", "zeroshot"]
+  assert sorted(config_lib.upgrade(saved)["eval"]["tasks"]) == ["geometry", "joint",
+                                                                "retrieval", "zeroshot"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from xmodal import losses
-from xmodal.losses import engine, families, objectives
+from xmodal.losses import engine, families, groups, objectives
 import loss_cases
 
 MESHES = {1: (1, 1, 1), 2: (2, 1, 1), 8: (4, 2, 1)}
@@ -29,6 +29,15 @@ def _inputs(name, seed, k=None):
   keys = jax.random.split(jax.random.key(seed), 9)
   y_shape = (B, k, D) if k else (B, D)
   emb = {"x": loss_cases.unit(keys[0], (B, D)), "y": loss_cases.unit(keys[1], y_shape)}
+  if groups.is_group(objectives.get(name)):        # a third tower (EXAMPLE: pairs x:y:z)
+    emb["z"] = loss_cases.unit(keys[8], (B, D))
+  if getattr(objectives.get(name), "VIEWS", False):    # a second view of x (data.views)
+    emb["x:view"] = loss_cases.unit(jax.random.fold_in(keys[8], 7), (B, D))
+  if getattr(objectives.get(name), "TOKENS", False):   # token features, some padding
+    for i, (t, n) in enumerate((("x", 4), ("y", 5))):
+      emb[f"{t}:tokens"] = loss_cases.unit(jax.random.fold_in(keys[8], i), (B, n, D))
+      emb[f"{t}:mask"] = (jnp.arange(n)[None] < 1 + jnp.arange(B)[:, None] % n).astype(
+          jnp.float32)
   extras = {"rng": keys[2], "step": jnp.int32(3),
             "frozen": {"tx": loss_cases.unit(keys[3], (B, D)),
                        "ty": loss_cases.unit(keys[4], y_shape),
@@ -66,7 +75,8 @@ def _assert_equal(got, want, what):
 @functools.lru_cache(maxsize=None)
 def _dense(name, shards):
   """The dense reference on the inputs of seed 0; it depends on the mesh only through its
-  shard count, which only objectives that draw per shard (mixup's partners) read."""
+  shard count, which only objectives that draw per shard (SHARD_DRAWS: mixup's partners,
+  symile's negatives) read."""
   emb, extras = _inputs(name, seed=0)
   return _value_and_grads(name, "dense", shards, extras, emb)
 
@@ -75,17 +85,19 @@ def _dense(name, shards):
 @pytest.mark.parametrize("n", [1, 2, 8])
 def test_drivers_agree(name, n):
   emb, extras = _inputs(name, seed=0)
-  want = _dense(name, n if name == "mixup" else 1)
+  want = _dense(name, n if getattr(objectives.get(name), "SHARD_DRAWS", False) else 1)
   for impl in ("gathered", "ring"):
     _assert_equal(_value_and_grads(name, impl, n, extras, emb), want, (name, impl, n))
 
 
 def _variants():
   for name in objectives.names():
+    module = objectives.get(name)                           # one [B, D] / [B, T, D] per
+    group = groups.is_group(module) or getattr(module, "TOKENS", False)   # tower, no queue
     yield pytest.param(name, "groups", id=f"{name}-groups")
-    if name != "mixup":                                      # mixes one row per example
+    if name != "mixup" and not group:                        # mixes one row per example
       yield pytest.param(name, "k", id=f"{name}-k")
-    if objectives.get(name).FAMILY == families.SOFTMAX:
+    if objectives.get(name).FAMILY == families.SOFTMAX and not group:
       yield pytest.param(name, "queue", id=f"{name}-queue")
 
 

@@ -25,10 +25,11 @@ def test_each_task_runs_at_its_own_cadence_and_all_at_the_end():
     config.eval.tasks.fast = kinds.new("retrieval", every=3)
   evaluation, _ = _evaluation(config)
   assert evaluation.due(3) == ["fast"]
-  assert evaluation.due(5) == ["retrieval", "zeroshot"]        # every=0: train.eval_every
-  assert evaluation.due(15) == ["fast", "retrieval", "zeroshot"]
+  default = ["retrieval", "zeroshot", "geometry", "joint"]     # every=0: train.eval_every
+  assert evaluation.due(5) == default
+  assert evaluation.due(15) == ["fast"] + default
   assert evaluation.due(7) == [] and evaluation.run_due(7, None) is None
-  assert evaluation.due(7, final=True) == ["fast", "retrieval", "zeroshot"]
+  assert evaluation.due(7, final=True) == ["fast"] + default
   with config.unlocked():
     config.train.eval_every = 0                                   # only at the end
   assert _evaluation(config)[0].due(5) == []
@@ -42,7 +43,7 @@ def test_metrics_are_named_by_task_and_non_finite_embeddings_are_misses():
   params = model_lib.unbox(jax.jit(model.init)(jax.random.key(0),
                                                model_lib.dummy_inputs(config))["params"])
   out = evaluation.run(jax.tree.map(lambda x: x * np.nan, params), 3)
-  assert {k.split("/")[0] for k in out} == {"retrieval", "zeroshot", "eval"}
+  assert {k.split("/")[0] for k in out} == {"retrieval", "zeroshot", "geometry", "eval"}
   assert all(metrics_lib.TAG.fullmatch(k) for k in out)
   assert out["retrieval/image_to_text/R1"] == out["retrieval/text_to_image/R10"] == 0.0
   assert out["retrieval/image_to_text/mean_rank"] == 41.0        # a miss ranks past the end

@@ -80,6 +80,17 @@ def test_microbatched_step_equals_full_batch(loss_name, impl, n, k, groups):
     pytest.skip(f"needs {n} devices")
   config = _config(**{"loss.name": loss_name, "loss.impl": impl, "loss.tile_size": 3,
                       "mesh.data": n})
+  _check_equal(config, n, k, groups)
+
+
+def test_microbatched_step_with_token_features_equals_full_batch():
+  """FILIP: the towers' token features and masks go through GradCache like embeddings."""
+  config = _config(**{"loss.name": "filip", "loss.impl": "ring", "loss.tile_size": 3,
+                      "mesh.data": 2, "towers.image.tokens": True, "towers.text.tokens": True})
+  _check_equal(config, 2, 2, False)
+
+
+def _check_equal(config, n, k, groups):
   config_lib.validate(config, n)
   devices = jax.devices()[:n]
   full_params, full_metrics, full_loss, full_grads = _step_results(config, devices, 1, groups)

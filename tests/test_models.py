@@ -166,3 +166,33 @@ def test_a_terms_own_scale_is_clamped_like_the_shared_one():
   new = optax.apply_updates(params, out)
   assert float(new["logit_scale"]) == bound and float(new["logit_scale_cw"]) == bound
   assert float(new["logit_bias_cw"]) == 9.0 and np.all(np.asarray(new["w"]) == 1.0)
+
+
+def test_token_features_beside_the_pooled_embedding():
+  """towers.<m>.tokens: '<m>:tokens' (unit rows through the pooled head, or their own
+  token_dim head) and '<m>:mask' (1 = a real token, text padding 0); the pooled embedding
+  and the param tree are those of the same tower without tokens."""
+  plain = make_tiny_config()
+  config = make_tiny_config(**{"towers.image.tokens": True, "towers.text.tokens": True,
+                               "towers.text.token_dim": 8})
+  model, params = _init(config)
+  _, plain_params = _init(plain)
+  names = lambda p: {jax.tree_util.keystr(k)  # noqa: E731
+                     for k, _ in jax.tree_util.tree_leaves_with_path(p)}
+  assert names(params) - names(plain_params) == {"['text']['token_head']['kernel']",
+                                                 "['text']['token_head']['bias']"}
+  tok = tokenizer_lib.ByteTokenizer(config.data.context_length)
+  images = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 3), np.uint8)
+  inputs = {"image": images, "text": tok.encode_batch(["a b", "a longer caption"])}
+  out = model.apply({"params": params}, inputs)
+  assert out["image:tokens"].shape == (2, 4, config.model.embed_dim)   # (16 / 8)^2 patches
+  assert out["text:tokens"].shape == (2, config.data.context_length, 8)
+  np.testing.assert_allclose(np.linalg.norm(out["image:tokens"], axis=-1), 1.0, rtol=1e-5)
+  lengths = (np.asarray(inputs["text"]) != tok.pad_id).sum(1)
+  np.testing.assert_array_equal(np.asarray(out["text:mask"]).sum(1), lengths)
+  assert np.all(np.asarray(out["image:mask"]) == 1)
+  same = model_lib.MultiTower(plain).apply({"params": {k: v for k, v in params.items()
+                                                       if k != "text"} | {
+      "text": {k: v for k, v in params["text"].items() if k != "token_head"}}}, inputs)
+  for m in ("image", "text"):
+    np.testing.assert_allclose(out[m], same[m], rtol=1e-6)

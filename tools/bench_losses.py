@@ -216,7 +216,10 @@ def main():
   sizes = [b for b in (4096 << i for i in range(20)) if b <= max_batch]
   time_sizes = [4096] if args.quick else [int(s) for s in args.time_sizes.split(",") if s]
 
-  names = [n for n in args.objectives.split(",") if n] or list(objectives.names())
+  # objectives over tower groups, token features or views: tools/bench_objectives.py
+  pooled_pairs = [n for n in objectives.names() if not any(
+      getattr(objectives.get(n), a, False) for a in ("GROUP", "TOKENS", "VIEWS"))]
+  names = [n for n in args.objectives.split(",") if n] or pooled_pairs
   if "softmax" not in names:
     names.insert(0, "softmax")                 # the baseline of the time ratios
   lines = [

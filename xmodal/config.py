@@ -420,12 +420,14 @@ def default_pairs(config) -> list[tuple[str, str]]:
 
 
 def loss_pairs(config) -> list[tuple[str, str]]:
-  """The (a, b) modality pairs the loss spans (every term's, in order of first use);
-  evaluation retrieves along each."""
+  """The (a, b) modality pairs the loss spans (every term's, in order of first use; a
+  group term's every pair within its group); evaluation retrieves along each."""
   if not config.loss.get("terms"):
     return default_pairs(config)
   from xmodal.losses import terms   # noqa: PLC0415
   out = []
   for term in terms.resolve(config):
-    out += [p for p in term.pairs if p not in out]
+    for group in term.pairs:
+      out += [p for i, a in enumerate(group) for p in ((a, b) for b in group[i + 1:])
+              if p not in out]
   return out

@@ -119,6 +119,14 @@ config.loss.terms = ml_collections.ConfigDict({
     "distill": terms.section("distill", weight=1.0, teacher="t_image:t_text")})
 ```
 
+Objectives over more than a pair of towers (`binding`, `symile`, `gram`, `mv_infonce`,
+`mv_dhel`: module attribute `GROUP`) take groups of towers as their term's `pairs`
+(`pairs=("image:audio:text",)`; by default one group of every tower) and return several
+driver calls of their one score (Symile's anchors in turn, binding's pairs, MV-DHEL's
+views), each logged as `loss/<term>/<group>/<part>`, plus a part computed where each
+example's rows live (a positive's own score): `xmodal/losses/groups.py`. Each is covered
+by the registry's driver-equivalence test with three towers.
+
 Adding an objective: a module with `FAMILY`, `INIT`, `FIELDS`, `contrast(opts, pair)`,
 `blocks(opts, ctx, a, b)` (see `xmodal/losses/objectives/__init__.py`), plus its reference
 test; the config's choices, this page and the driver-equivalence tests pick it up.
@@ -142,7 +150,9 @@ def render_objectives() -> str:
     m = objectives.get(name)
     doc = (m.__doc__ or "").strip().split("\n")
     out += ["", f"## {name}", "", f"**{doc[0]}**", "", "```", *[line for line in doc[2:]], "```",
-            "", f"Drivers: dense, gathered, ring. Term: `terms.section(\"{name}\", ...)`.", ""]
+            "", f"Drivers: dense, gathered, ring. Term: `terms.section(\"{name}\", "
+            + ('pairs=("a:b:c",), ...)`: a group of towers.' if getattr(m, "GROUP", False)
+               else '...)`.'), ""]
     if m.FIELDS:
       out += _TABLE + fields.reference_rows(m.FIELDS, "loss.terms.NAME.")
   return "\n".join(out) + "\n"

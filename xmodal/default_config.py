@@ -165,6 +165,9 @@ SCHEMA = dict(
         alpha_background=Field((255, 255, 255), "RGB that transparent pixels are composited "
                                "onto", ge=0, le=255),
         flip=Field(False, "random horizontal flip when training"),
+        # SLIP / TCL / CleanCLIP intra-modal terms (losses/objectives/views.py).
+        views=Field((), "('image',): towers whose training input also comes as a second, "
+                    "independently augmented view (batch key '<tower>:view')"),
         image_dtype=Field("uint8", "'uint8' (the tower normalises on device) or 'float32'",
                           choices=("uint8", "float32")),
         normalize=Field("none", "float32 only: 'none' ([0, 255]) or 'clip' (mean/std)",
@@ -240,13 +243,14 @@ SCHEMA = dict(
 
 
 def default_tasks() -> dict:
-  """The default evaluation: retrieval both ways for every loss pair, and zero-shot
-  classification where the model has an image and a text tower and the held-out split
-  has labels and class names, both on the run's held-out split (data.eval_*). Their
-  metrics keep the names they had before tasks existed ("retrieval/image_to_text/R1",
-  "zeroshot/top1")."""
+  """The default evaluation, on the run's held-out split (data.eval_*): retrieval both
+  ways for every loss pair; zero-shot classification where the model has an image and a
+  text tower and the split has labels and class names; the space's geometry for every
+  loss pair (modality gap, alignment, uniformity, effective rank); joint retrieval where a
+  Symile / GRAM term spans three or more towers. Retrieval and zero-shot keep the names
+  they had before tasks existed ("retrieval/image_to_text/R1", "zeroshot/top1")."""
   from xmodal.evaluate import kinds
-  return {"retrieval": kinds.new("retrieval"), "zeroshot": kinds.new("zeroshot")}
+  return {name: kinds.new(name) for name in ("retrieval", "zeroshot", "geometry", "joint")}
 
 
 def get_config(arg: str | None = None) -> ConfigDict:

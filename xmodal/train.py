@@ -174,6 +174,7 @@ def _train(config, workdir: str, mesh, signals) -> dict:
   # Batch keys: one per tower that reads its own input, and what the loss reads (the
   # group ids when rows of one record are each other's positives, stored teachers).
   batch_keys = config_lib.batch_towers(config) + list(objective.batch_keys())
+  batch_keys += [f"{config_lib.input_key(config, t)}:view" for t in objective.view_towers()]
   logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
                jax.process_count())
 

@@ -190,6 +190,7 @@ class Preprocess(grain.transforms.RandomMap):
   """
   inputs: tuple
   train: bool
+  views: tuple = ()     # data.views: towers that also get a second, independent view
 
   def random_map(self, record, rng: np.random.Generator):
     extra = {k: np.int32(record[k]) for k in ("epoch", "source", GROUP_KEY) if k in record}
@@ -209,6 +210,8 @@ class Preprocess(grain.transforms.RandomMap):
         if tower.decoder is not None:
           value = decoders.decode(value, tower.decoder, key)
         x = tower.prepare(value, self.train, rng)
+        if self.train and tower.modality in self.views:   # SLIP/TCL: a second augmentation
+          out[f"{tower.modality}:view"] = tower.prepare(value, True, rng)
       except bad_lib.BadData as e:
         return {**bad_lib.bad(e.reason, f"{tower.modality}: {e.detail}{where}"), **extra}
       except decoders.MissingExtra:
@@ -300,7 +303,7 @@ class SkipBad(grain.IterDataset):
 
 
 def preprocess_for(config, train: bool) -> Preprocess:
-  return Preprocess(tower_inputs(config), train)
+  return Preprocess(tower_inputs(config), train, tuple(config.data.get("views", ())))
 
 
 @dataclasses.dataclass

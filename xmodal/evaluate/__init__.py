@@ -5,13 +5,13 @@
 
   harness.py    `Evaluation`: which tasks are due at a step; runs them; "<task>/<metric>"
   kinds/        one module per task kind (zeroshot, retrieval, linear_probe, fewshot, knn,
-                geometry), found by name or module path; each declares its fields
+                geometry, joint), found by name or module path; each declares its fields
   context.py    the embeddings of a task's data, shared by the tasks of a round
   data.py       a task's data, read through the input pipeline
   suite.py      `xmodal eval --suite FILE`: every task of a file, a results table and a plot
 The numerics, each tested against a brute-force or scikit-learn reference: ranking.py
 (sharded exact ranks), retrieval.py, zeroshot.py and prompts.py, linear_probe.py,
-fewshot.py, knn.py, geometry.py.
+fewshot.py, knn.py, geometry.py, joint.py (Symile / GRAM joint retrieval).
 
 This module imports nothing heavy, so configs are checked without JAX.
 """

@@ -33,7 +33,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from xmodal import config as config_lib, microbatch
-from xmodal.losses import engine, objectives, ring, state as state_lib, targets, terms
+from xmodal.losses import (engine, groups, objectives, ring, state as state_lib, targets,
+                           terms)
 
 BATCH_AXES = engine.BATCH_AXES
 GROUP_KEY = "group"            # data/pipeline.py GROUP_KEY: the batch's group ids
@@ -87,8 +88,7 @@ class Objective:
     self.one_term = terms.one_term(config)
     self.shards = shards(mesh)
     self.group = config_lib.group_positives(config)
-    self._passes = {(t.name, a, b): self._make_passes(t, (a, b))
-                    for t in self.terms for a, b in t.pairs}
+    self._passes = {(t.name,) + p: self._make_passes(t, p) for t in self.terms for p in t.pairs}
     self.state = state_lib.LossState(config, self.terms, self.shards)
 
   def _make_passes(self, term, pair):
@@ -107,18 +107,26 @@ class Objective:
   def frozen_towers(self) -> tuple:
     """Towers whose embeddings the terms read as constants (teachers, references) and that
     are in no pair: embedded without gradient."""
-    need = {t for term in self.terms for a, b in term.pairs for t in term.needs(a, b)["towers"]}
+    need = {t for term in self.terms for p in term.pairs for t in term.needs(*p)["towers"]}
     return tuple(sorted(need - set(self.student_towers())))
 
   def batch_keys(self) -> tuple:
     """Batch keys the loss reads besides the towers' inputs: the group ids (with group
     positives) and the terms' (stored teacher embeddings)."""
-    keys = {k for term in self.terms for a, b in term.pairs for k in term.needs(a, b)["batch"]}
+    keys = {k for term in self.terms for p in term.pairs for k in term.needs(*p)["batch"]}
     return (GROUP_KEY,) * self.group + tuple(sorted(keys))
 
   def inputs(self, batch) -> dict:
-    """{tower: its batch input} for the towers the loss differentiates."""
-    return {t: batch[config_lib.input_key(self.config, t)] for t in self.student_towers()}
+    """{tower: its batch input} for the towers the loss differentiates, and
+    {"<tower>:view": its second view} for terms between views (VIEWS: data.views)."""
+    out = {t: batch[config_lib.input_key(self.config, t)] for t in self.student_towers()}
+    for t in self.view_towers():
+      out[f"{t}:view"] = batch[f"{config_lib.input_key(self.config, t)}:view"]
+    return out
+
+  def view_towers(self) -> tuple:
+    return tuple(sorted({t for term in self.terms if getattr(term.module, "VIEWS", False)
+                         for p in term.pairs for t in p}))
 
   def prepare(self, model, state, batch, rng, microbatches: int = 1):
     """The step's work without gradient, before the loss: -> (extras for `loss`, the loss
@@ -189,7 +197,11 @@ class Objective:
       if term.scale == "own":
         metrics[f"scale/{term.name}"] = scale
       values = {}
-      for a, b in term.pairs:
+      for group in term.pairs:
+        if groups.is_group(term.module):
+          values.update(self._group_values(term, ctx, group, scale, bias))
+          continue
+        a, b = group
         rows, cols, consts = term.module.blocks(term.opts, ctx, a, b)
         theta = {"scale": scale, "bias": bias, **targets.stop(consts)}
         passes = self._passes[(term.name, a, b)]
@@ -200,7 +212,10 @@ class Objective:
           values[f"{a}-{b}"] = (passes[0](theta, rows, cols, queue["ab"])
                                 + passes[1](theta, cols, rows, queue["ba"]))
           updates.setdefault(term.name, {})[f"{a}:{b}"] = self.state.entries(term, rows, cols)
-      value = sum(values.values()) / len(values)
+      if groups.is_group(term.module):        # each group's value is its parts' sum
+        value = sum(v for k, v in values.items() if "/" not in k) / len(term.pairs)
+      else:
+        value = sum(values.values()) / len(values)
       total = total + term.weight * value
       if self.one_term:
         metrics.update({f"loss/{k}": v for k, v in values.items()})
@@ -209,6 +224,24 @@ class Objective:
         if len(values) > 1:
           metrics.update({f"loss/{term.name}/{k}": v for k, v in values.items()})
     return total, (metrics, updates)
+
+  def _group_values(self, term, ctx, group, scale, bias) -> dict:
+    """A group objective's value over one group of towers ({"a-b-c": value}) and its
+    labelled parts' ({"a-b-c/label": driver value}; metric names keep to the characters
+    TensorBoard keeps): losses/groups.py."""
+    out = term.module.blocks(term.opts, ctx, *group)
+    run = self._passes[(term.name,) + group][0]
+    name = "-".join(group)
+    theta = {"scale": scale, "bias": bias}
+    value, parts = 0.0, {}
+    for part in out.parts:
+      v = run({**theta, **targets.stop(part.consts)}, part.rows, part.cols)
+      value = value + part.weight * v
+      if part.label:
+        parts[f"{name}/{part.label.replace(':', '-')}"] = v
+    if out.local is not None:
+      value = value + out.local(theta)
+    return {name: value, **parts}
 
   # ------------------------------------------------------------------ state between steps
   def init_state(self, params) -> dict:

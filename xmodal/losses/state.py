@@ -44,7 +44,7 @@ class LossState:
 
   def __init__(self, config, terms, shards: int):
     self.config, self.terms, self.shards = config, terms, shards
-    self.ema = {t.name: tuple(sorted({x for a, b in t.pairs for x in t.needs(a, b)["ema"]}))
+    self.ema = {t.name: tuple(sorted({x for p in t.pairs for x in t.needs(*p)["ema"]}))
                 for t in terms}
     self.ema = {k: v for k, v in self.ema.items() if v}
     self.queued = [t for t in terms if t.queue]

@@ -4,7 +4,8 @@
     config.loss.terms.distill = terms.section("distill", weight=1.0, teacher="t_image:t_text")
 
 A term names its `objective` (a module of xmodal/losses/objectives), its `weight`, the
-tower `pairs` it spans (empty: `loss.pairs`, i.e. every pair of towers), whether it uses
+tower `pairs` it spans (empty: `loss.pairs`, i.e. every pair of towers; a group objective's
+entries are groups 'a:b:c', by default one group of those towers: losses/groups.py), whether it uses
 the model's shared learnable `logit_scale` / `logit_bias` or its own
 (`logit_scale_<term>`, `logit_bias_<term>`), an optional feature `queue`, and the
 objective's own options (its `FIELDS`, with the paper's defaults). The loss is
@@ -25,7 +26,7 @@ import ml_collections
 
 from xmodal import config as config_lib, fields
 from xmodal.fields import ConfigError, Field
-from xmodal.losses import families, objectives
+from xmodal.losses import families, groups, objectives
 
 COMMON = dict(
     objective=Field("softmax", "the objective: a module of xmodal/losses/objectives",
@@ -82,10 +83,10 @@ class Term:
       return "logit_scale", "logit_bias"
     return f"logit_scale_{self.name}", f"logit_bias_{self.name}"
 
-  def needs(self, a: str, b: str) -> dict:
+  def needs(self, *towers: str) -> dict:
     out = {"towers": (), "batch": (), "ema": ()}
     if hasattr(self.module, "needs"):
-      out.update(self.module.needs(self.opts, a, b))
+      out.update(self.module.needs(self.opts, *towers))
     return out
 
 
@@ -104,7 +105,8 @@ def resolve(config) -> list[Term]:
     full = section(objective, **{k: v for k, v in entry.items()})
     own = objectives.get(objective).FIELDS
     opts = ml_collections.ConfigDict({k: full[k] for k in own})
-    term_pairs = tuple(tuple(p.split(":")) for p in full.pairs) or pairs
+    term_pairs = tuple(tuple(p.split(":")) for p in full.pairs) or (
+        _one_group(pairs) if groups.is_group(objectives.get(objective)) else pairs)
     scale, bias = objectives.get(objective).INIT
     if raw is not None or full.scale == "shared":
       init = (config.loss.init_scale or scale, config.loss.init_bias or bias)
@@ -113,6 +115,14 @@ def resolve(config) -> list[Term]:
     out.append(Term(name, objective, opts, float(full.weight), term_pairs, full.scale,
                     init, int(full.queue)))
   return out
+
+
+def _one_group(pairs) -> tuple:
+  """A group objective's default: one group of every tower of the pairs, in order."""
+  towers = []
+  for p in pairs:
+    towers += [t for t in p if t not in towers]
+  return (tuple(towers),)
 
 
 def scalars(config) -> dict[str, float]:
@@ -168,7 +178,9 @@ def check(config) -> None:
       raise ConfigError(f"config.loss.terms.{name}: term names are identifiers (they name "
                         f"params and metrics)")
     for pair in entry.get("pairs", ()):
-      _check_pair(f"{where}pairs", pair, towers)
+      module = objectives.get(objective)
+      _check_pair(f"{where}pairs", pair, towers,
+                  getattr(module, "MIN_TOWERS", 2) if groups.is_group(module) else 0)
   for term in resolve(config):
     where = "loss." if one_term(config) else f"loss.terms.{term.name}."
     if hasattr(term.module, "check"):        # first: it names the option that is wrong
@@ -181,17 +193,20 @@ def check(config) -> None:
             f"config.loss.name: {term.objective!r} at its defaults cannot run ({e}); declare "
             f"it as a term with its options, e.g. config.loss.terms.{term.objective} = "
             f"terms.section({term.objective!r}, ...)") from None
-    for a, b in term.pairs:
-      if a in towers and towers[a].get("input") or b in towers and towers[b].get("input"):
-        raise ConfigError(f"config.{where}pairs: {a}:{b} spans a tower that reads another "
-                          f"tower's input (a teacher); pairs are between student towers "
-                          f"{student}")
-      need = term.needs(a, b)
+    for pair in term.pairs:
+      if any(t in towers and towers[t].get("input") for t in pair):
+        raise ConfigError(f"config.{where}pairs: {':'.join(pair)} spans a tower that reads "
+                          f"another tower's input (a teacher); pairs are between student "
+                          f"towers {student}")
+      need = term.needs(*pair)
       for t in need["towers"] + need["ema"]:
         if t not in towers:
           raise ConfigError(f"config.{where[:-1]}: needs tower {t!r}, which is not in "
                             f"config.towers ({sorted(towers.keys())})")
     if term.queue:
+      if groups.is_group(term.module) or getattr(term.module, "TOKENS", False):
+        raise ConfigError(f"config.{where}queue: {term.objective!r} spans a group of towers "
+                          f"or scores tokens; only pooled pair objectives take a queue")
       if term.family != families.SOFTMAX:
         raise ConfigError(f"config.{where}queue: only softmax-family objectives take a "
                           f"queue, {term.objective!r} is {term.family}")
@@ -203,8 +218,12 @@ def check(config) -> None:
                           f"batch (their size is known only from the data)")
 
 
-def _check_pair(field, pair, towers):
+def _check_pair(field, pair, towers, group=0):
+  """group: 0 for a pair objective, else the least number of towers of a group."""
   parts = pair.split(":")
-  if len(parts) != 2 or parts[0] == parts[1] or any(p not in towers for p in parts):
-    raise ConfigError(f"config.{field}: {pair!r} must be 'a:b' with two different tower "
+  bad = len(parts) < group if group else len(parts) != 2
+  if bad or len(set(parts)) != len(parts) or any(p not in towers for p in parts):
+    shape = ("'a:b' with two" if not group else "'a:b[:c...]' with two or more" if group == 2
+             else "'a[:b...]' with one or more")
+    raise ConfigError(f"config.{field}: {pair!r} must be {shape} different tower "
                       f"names from {sorted(towers.keys())}")

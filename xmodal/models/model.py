@@ -51,25 +51,43 @@ class Tower(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False, normalize: bool = True):
+    """-> z [B, D], or (z, tokens [B, T, D'], mask [B, T]) with towers.<name>.tokens."""
     features = build_tower(self.cfg, self.config, "encoder", self.dtype)(x, train=train)
     cfg = with_defaults(self.cfg)
+    tokens = None
+    if cfg.get("tokens"):
+      features, tokens, mask = features
     # A kind from outside xmodal may declare no head fields: a linear head, no bias.
     head = cfg.get("head", "linear")
     embed_dim = self.config.model.embed_dim
     if head == "linear":
-      z = layers.dense(embed_dim, ("embed", "proj"), self.dtype, "head",
-                       use_bias=cfg.get("head_bias", False))(features)
+      project = layers.dense(embed_dim, ("embed", "proj"), self.dtype, "head",
+                             use_bias=cfg.get("head_bias", False))
     elif head == "mlp":        # projector (e.g. over a frozen pretrained encoder)
       hidden = cfg.get("head_hidden", 0) or features.shape[-1]
-      h = nn.gelu(layers.dense(hidden, ("embed", "mlp"), self.dtype, "head_hidden")(features))
-      z = layers.dense(embed_dim, ("mlp", "proj"), self.dtype, "head",
-                       use_bias=cfg.get("head_bias", False))(h)
+      inner = layers.dense(hidden, ("embed", "mlp"), self.dtype, "head_hidden")
+      outer = layers.dense(embed_dim, ("mlp", "proj"), self.dtype, "head",
+                           use_bias=cfg.get("head_bias", False))
+      project = lambda f: outer(nn.gelu(inner(f)))  # noqa: E731
     else:
-      z = features
+      project = lambda f: f  # noqa: E731
+    z = self._unit(project(features), normalize)
+    if tokens is None:
+      return z
+    # FILIP: each token through the pooled head (shared weights), or its own small head
+    token_head = (layers.dense(cfg.token_dim, ("embed", "proj"), self.dtype, "token_head")
+                  if cfg.token_dim else project)
+    return z, self._unit(token_head(tokens), normalize), mask
+
+  @staticmethod
+  def _unit(z, normalize):
     z = z.astype(jnp.float32)
     if not normalize:
       return z
     return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+
+
+VIEW = ":view"          # batch / embedding key suffix of a second augmented view
 
 
 class MultiTower(nn.Module):
@@ -82,21 +100,29 @@ class MultiTower(nn.Module):
     normalize=False returns the heads' raw outputs (for parity checks against references)."""
     config = self.config
     dtype = jnp.bfloat16 if config.model.compute_dtype == "bfloat16" else jnp.float32
-    unknown = set(inputs) - set(config.towers.keys())
+    # '<tower>:view' (data.views): a second augmented view, through the same tower
+    tower_of = {m: m.removesuffix(VIEW) for m in inputs}
+    unknown = set(tower_of.values()) - set(config.towers.keys())
     if unknown:
       raise ValueError(f"inputs {sorted(unknown)} have no tower; towers: {list(config.towers)}")
     # The loss's learnable scalars: logit_scale (and logit_bias), and each loss term's own.
     for name, value in loss_terms.scalars(config).items():
       self.param(name, nn.initializers.constant(value), ())
     out = {}
+    towers = {t: Tower(config.towers[t], config, dtype, name=t)
+              for t in dict.fromkeys(tower_of.values())}
     for m, x in inputs.items():
-      tower = Tower(config.towers[m], config, dtype, name=m)
-      extra = x.ndim - _input_rank(config, m)
+      tower = towers[tower_of[m]]
+      extra = x.ndim - _input_rank(config, tower_of[m])
       if extra == 1:      # [B, K, ...]: K inputs per example (data.captions="k")
         z = tower(x.reshape((-1,) + x.shape[2:]), train, normalize)
         out[m] = z.reshape(x.shape[:2] + z.shape[1:])
       else:
         out[m] = tower(x, train, normalize)
+      if isinstance(out[m], tuple):           # token features (towers.<m>.tokens)
+        if extra == 1:
+          raise ValueError(f"config.towers.{m}.tokens: not with K inputs per example")
+        out[m], out[f"{m}:tokens"], out[f"{m}:mask"] = out[m]
     return out
 
 

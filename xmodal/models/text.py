@@ -43,6 +43,7 @@ class TextTransformer(nn.Module):
   type_vocab_size: int = 0
   remat: str = "none"
   scan: bool = False
+  tokens: bool = False               # also return (token features [B, L, width], mask [B, L])
 
   @nn.compact
   def __call__(self, tokens, train: bool = False):
@@ -70,6 +71,13 @@ class TextTransformer(nn.Module):
                        act=self.act, norm_first=self.norm_first, eps=self.layer_norm_eps,
                        mlp_dim=self.mlp_dim, final_norm=self.final_norm, remat=self.remat,
                        scan=self.scan, name="transformer")(x, None if self.causal else mask)
+    pooled = self._pool(x, tokens, mask)
+    if self.tokens:
+      return pooled, x, mask.astype(jnp.float32)
+    return pooled
+
+  def _pool(self, x, tokens, mask):
+    batch = x.shape[0]
     if self.pool == "eot":
       last = jnp.maximum(mask.sum(axis=1) - 1, 0)
       return x[jnp.arange(batch), last]

@@ -114,6 +114,7 @@ class ViT(nn.Module):
   norm_std: tuple = CLIP_STD
   remat: str = "none"
   scan: bool = False
+  tokens: bool = False               # also return (patch tokens [B, T, width], mask [B, T])
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -155,6 +156,13 @@ class ViT(nn.Module):
                        act=self.act, norm_first=self.norm_first, eps=self.layer_norm_eps,
                        mlp_dim=self.mlp_dim, final_norm=self.final_norm, remat=self.remat,
                        scan=self.scan, name="transformer")(x)
+    pooled = self._pool(x, width)
+    if self.tokens:
+      patches = x[:, 1:] if cls is not None else x
+      return pooled, patches, jnp.ones(patches.shape[:2], jnp.float32)
+    return pooled
+
+  def _pool(self, x, width):
     if self.pool == "cls":
       return x[:, 0]
     if self.pool == "map":

@@ -36,6 +36,11 @@ def image_text_fields() -> dict:
       norm_first=Field(True, "pre-LN blocks (CLIP, ViT); False = post-LN (BERT)"),
       pre_norm=Field(False, "LayerNorm after the embeddings (CLIP ViT ln_pre, BERT emb. LN)"),
       final_norm=Field(True, "LayerNorm after the last block"),
+      # FILIP (losses/objectives/filip.py): token features beside the pooled embedding.
+      tokens=Field(False, "also return token features: embeddings '<tower>:tokens' [B, T, "
+                   "D] (unit rows) and '<tower>:mask' [B, T] (1 = a real token)"),
+      token_dim=Field(0, "D of the token features: 0 = model.embed_dim through the pooled "
+                      "head; else their own linear head of this size", ge=0),
   )
 
 

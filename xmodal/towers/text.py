@@ -51,7 +51,7 @@ def build(cfg, config, dtype, name):
       pad_id=tok.pad_id, type_vocab_size=cfg.type_vocab_size, dtype=dtype, name=name,
       mlp_ratio=cfg.mlp_ratio, mlp_dim=cfg.mlp_dim, act=cfg.act, norm_first=cfg.norm_first,
       pre_norm=cfg.pre_norm, final_norm=cfg.final_norm, layer_norm_eps=cfg.layer_norm_eps,
-      remat=cfg.remat, scan=cfg.scan)
+      remat=cfg.remat, scan=cfg.scan, tokens=cfg.tokens)
 
 
 def input_spec(cfg, config):

@@ -68,7 +68,8 @@ def build(cfg, config, dtype, name):
   kw.update(resolved(cfg))
   return vit.ViT(pool=cfg.pool, pos_embed=cfg.pos_embed, patch_dropout=cfg.patch_dropout,
                  norm_mean=tuple(cfg.norm_mean), norm_std=tuple(cfg.norm_std), dtype=dtype,
-                 input_normalized=config.data.normalize == "clip", name=name, **kw)
+                 input_normalized=config.data.normalize == "clip", tokens=cfg.tokens,
+                 name=name, **kw)
 
 
 def input_spec(cfg, config):

@@ -29,6 +29,8 @@ def run(ctx, task) -> dict:
   rows = ctx.embedded(task, "eval", towers)
   ok = np.all([np.all(np.isfinite(rows.z[t]), axis=1) for t in towers], axis=0)
   out = {}
+  if not ok.any():                  # no finite rows (a diverged model): nothing to measure
+    return {"examples": 0, "skipped": rows.skipped}
   for a, b in pairs:
     out.update(geometry.pair_metrics(a, rows.z[a][ok], b, rows.z[b][ok]))
   return {**out, "examples": int(ok.sum()), "skipped": rows.skipped}

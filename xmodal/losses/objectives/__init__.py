@@ -22,6 +22,15 @@ and optionally
   enqueue(opts, cols)      -> what a feature queue keeps of this step's columns (default: the
                            columns, without gradient)
   EXAMPLE                  options the driver-equivalence tests run it with
+  GROUP                    True: the term's `pairs` are groups of towers 'a:b:c' and
+                           `blocks(opts, ctx, *towers)` returns groups.Parts (several driver
+                           calls and a local part: losses/groups.py); MIN_TOWERS: the least
+                           group size (default 2)
+  SHARD_DRAWS              True: random draws per device shard (the value depends on the
+                           shard count: mixup's partners, Symile's negatives)
+  TOKENS                   True: reads token features '<tower>:tokens' / '<tower>:mask'
+                           (towers.<name>.tokens), FILIP
+  VIEWS                    True: reads '<tower>:view', a second augmented view (data.views)
 """
 
 import importlib

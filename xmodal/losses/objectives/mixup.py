@@ -23,6 +23,7 @@ from xmodal.fields import ConfigError, Field
 from xmodal.losses import engine, families, targets
 
 FAMILY = families.SOFTMAX
+SHARD_DRAWS = True      # random draws per device shard: the loss depends on the shard count
 INIT = (1 / 0.07, None)
 FIELDS = dict(
     side=Field("a", "which tower of the pair is mixed: 'a' or 'b'", choices=("a", "b")),
