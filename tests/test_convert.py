@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from xmodal import convert, default_config  # noqa: E402
-from xmodal.models import layers, model as model_lib  # noqa: E402
+from xmodal.models import model as model_lib  # noqa: E402
 
 ATOL = 1e-4
 RNG = np.random.default_rng(0)

@@ -2,7 +2,6 @@
 their shardings, and what a step does to them."""
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest

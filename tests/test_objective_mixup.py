@@ -2,7 +2,6 @@
 in float64, partners stay within each device's shard, and lam = 1 is CLIP."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

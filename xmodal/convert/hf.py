@@ -10,7 +10,6 @@
 """
 
 import ml_collections
-import numpy as np
 
 from xmodal.convert import Converted, Report, StateDict, stack_if_scanned
 from xmodal.models import vit as vit_lib

@@ -13,6 +13,8 @@ constant), computed in the step's global view and added to the parts' weighted s
 import dataclasses
 from typing import Callable
 
+from xmodal.fields import ConfigError
+
 
 @dataclasses.dataclass
 class Part:
@@ -76,3 +78,15 @@ def check_towers(ctx_emb, towers, name):
     if ctx_emb[t].ndim != 2:
       raise ValueError(f"{name}: tower {t!r} gives {ctx_emb[t].shape} embeddings; a group "
                        f"objective takes one [B, D] embedding per example per tower")
+
+
+def check_one_row(name: str, opts, config, where: str) -> None:
+  """Config rules every group objective shares: an `anchor` option (if it has one) names a
+  tower, and each example has one embedding per tower (not data.captions='k')."""
+  anchor = opts.get("anchor", "")
+  if anchor and anchor not in config.towers:
+    raise ConfigError(f"config.{where}anchor: {anchor!r} is not a tower "
+                      f"({sorted(config.towers.keys())})")
+  if config.data.get("captions") == "k":
+    raise ConfigError(f"config.{where}objective: {name} takes one embedding per example per "
+                      f"tower; not with data.captions='k'")

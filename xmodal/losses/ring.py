@@ -202,7 +202,6 @@ def _backward_device(theta, rows, cols, extra, saved, g, *, contrast, n, axes, g
   col_dir = softmax and "col" in dirs
   grad_cols = contrast.grad_cols
   theta_c = lax.stop_gradient(theta)
-  b = engine.rows_of(rows)
   row_saved, col_saved = saved
   w_row, w_col = contrast.weights if softmax else (1.0, 0.0)
   coef_row = g * w_row / totals[0]

@@ -21,7 +21,7 @@ optional data-text matching head is not part of this objective.
 
 import jax.numpy as jnp
 
-from xmodal.fields import ConfigError, Field
+from xmodal.fields import Field
 from xmodal.losses import engine, families, groups, targets
 
 FAMILY = families.SOFTMAX
@@ -37,12 +37,7 @@ EXAMPLE = dict(pairs=("x:y:z",))
 
 
 def check(opts, config, where):
-  if opts.anchor and opts.anchor not in config.towers:
-    raise ConfigError(f"config.{where}anchor: {opts.anchor!r} is not a tower "
-                      f"({sorted(config.towers.keys())})")
-  if config.data.get("captions") == "k":
-    raise ConfigError(f"config.{where}objective: gram takes one embedding per example per "
-                      f"tower; not with data.captions='k'")
+  groups.check_one_row("gram", opts, config, where)
 
 
 def _minor(c, i, j):

@@ -18,7 +18,6 @@ it is DHEL (decoupled, hyperspherical-energy InfoNCE with a uniformity term per 
 import jax.numpy as jnp
 from jax import nn
 
-from xmodal.fields import ConfigError
 from xmodal.losses import engine, families, groups, targets
 from xmodal.losses.objectives import mv_infonce
 
@@ -30,9 +29,7 @@ EXAMPLE = dict(pairs=("x:y:z",))
 
 
 def check(opts, config, where):
-  if config.data.get("captions") == "k":
-    raise ConfigError(f"config.{where}objective: mv_dhel takes one embedding per example "
-                      f"per tower; not with data.captions='k'")
+  groups.check_one_row("mv_dhel", opts, config, where)
 
 
 def contrast(opts, pair=None) -> engine.Contrast:

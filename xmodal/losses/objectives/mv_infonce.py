@@ -20,7 +20,6 @@ NT-Xent over the 2B embeddings minus log 2 (the positive pair counts in both ord
 import jax.numpy as jnp
 from jax import nn
 
-from xmodal.fields import ConfigError
 from xmodal.losses import engine, families, groups, targets
 
 FAMILY = families.SOFTMAX
@@ -32,9 +31,7 @@ SELF = -1e30          # a row's score against itself: out of every normaliser
 
 
 def check(opts, config, where):
-  if config.data.get("captions") == "k":
-    raise ConfigError(f"config.{where}objective: mv_infonce takes one embedding per example "
-                      f"per tower; not with data.captions='k'")
+  groups.check_one_row("mv_infonce", opts, config, where)
 
 
 def contrast(opts, pair=None) -> engine.Contrast:

@@ -24,7 +24,7 @@ MIP with the others' rows (xmodal/evaluate/joint.py).
 import jax
 import jax.numpy as jnp
 
-from xmodal.fields import ConfigError, Field
+from xmodal.fields import Field
 from xmodal.losses import engine, families, groups, targets
 
 FAMILY = families.SOFTMAX
@@ -38,12 +38,7 @@ EXAMPLE = dict(pairs=("x:y:z",))
 
 
 def check(opts, config, where):
-  if opts.anchor and opts.anchor not in config.towers:
-    raise ConfigError(f"config.{where}anchor: {opts.anchor!r} is not a tower "
-                      f"({sorted(config.towers.keys())})")
-  if config.data.get("captions") == "k":
-    raise ConfigError(f"config.{where}objective: symile takes one embedding per example per "
-                      f"tower; not with data.captions='k'")
+  groups.check_one_row("symile", opts, config, where)
 
 
 def score(theta, rf, cf, rm, cm):
