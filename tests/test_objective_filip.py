@@ -1,6 +1,9 @@
 """FILIP (objectives/filip.py): the paper's token-wise scores in float64 numpy with padding,
 one token per side is CLIP, token order does not matter, padding is ignored, and `keep`
-keeps the tokens FILIP's rule picks."""
+keeps the tokens FILIP's rule picks; and on an attribute-binding toy (two coloured shapes)
+FILIP retrieves better than CLIP (slow)."""
+
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -116,3 +119,87 @@ def test_local_max_in_chunks_equals_all_at_once(monkeypatch):
   sim = np.einsum("ipd,jqd->ipjq", np.asarray(args[0]), np.asarray(args[2]))
   want = np.where(np.asarray(args[3])[None, None] > 0, sim, -np.inf).max(axis=(2, 3))
   np.testing.assert_allclose(whole, want, rtol=1e-6)
+
+
+# The attribute-binding toy: two coloured shapes in two of the four 8-pixel quadrants of a
+# 16-pixel image, one ViT patch each; the caption names both ("a red circle and a blue
+# square", in either order, whatever the quadrants). Every scene has a twin with the colours
+# swapped, which only the binding of colour to shape tells apart.
+_SHAPES = ("circle", "square", "triangle", "cross")
+_COLOURS = ("red", "green", "blue", "yellow")
+_SCENES = [((c1, s1), (c2, s2)) for s1, s2 in itertools.combinations(_SHAPES, 2)
+           for c1, c2 in itertools.permutations(_COLOURS, 2)]       # 72, swaps included
+_SWAP = [_SCENES.index(((b[0], a[1]), (a[0], b[1]))) for a, b in _SCENES]
+
+
+def _scene_batch(tok, scenes, rng):
+  """{"image": uint8 [n, 16, 16, 3], "text": int32 [n, L]} of _SCENES[i] for i in scenes."""
+  from xmodal.data import shapes   # noqa: PLC0415
+  yy, xx = np.mgrid[0:16, 0:16].astype(np.float32) + 0.5
+  images, captions = [], []
+  for i in scenes:
+    img = rng.uniform(0, 40) + rng.normal(0, 8, (16, 16, 3))
+    for (colour, shape), q in zip(_SCENES[i], rng.permutation(4)[:2]):
+      cy = 8 * (q // 2) + 4 + rng.uniform(-0.5, 0.5)
+      cx = 8 * (q % 2) + 4 + rng.uniform(-0.5, 0.5)
+      mask = shapes._mask(shape, xx - cx, yy - cy, rng.uniform(2.8, 3.4))
+      img[mask] = np.clip(np.array(shapes.COLOURS[colour]) + rng.normal(0, 12, 3), 0, 255)
+    named = list(_SCENES[i])[::rng.choice([-1, 1])]
+    images.append(np.clip(img, 0, 255).astype(np.uint8))
+    captions.append(" and ".join(f"a {c} {s}" for c, s in named))
+  return {"image": np.stack(images), "text": tok.encode_batch(captions)}
+
+
+def _binding_run(objective, steps=150, batch=64):
+  """Trains tiny ViT and text towers with `objective` on batches of 32 scenes and their 32
+  swapped twins; -> (R@1 image->text and text->image among the 72 held-out scenes, the
+  fraction of scenes scored above their swapped twin, both directions)."""
+  from tiny import make_tiny_config   # noqa: PLC0415
+  from xmodal.data import tokenizer as tokenizer_lib   # noqa: PLC0415
+  from xmodal.losses import terms   # noqa: PLC0415
+  from xmodal.models import model as model_lib   # noqa: PLC0415
+  import ml_collections   # noqa: PLC0415
+  config = make_tiny_config(**{"data.context_length": 32, "batch_size": batch,
+                               "loss.impl": "dense", "optim.lr": 2e-3,
+                               "optim.warmup_steps": 10, "train.total_steps": steps})
+  if objective == "filip":
+    config.towers.image.tokens = config.towers.text.tokens = True
+    config.loss.terms = ml_collections.ConfigDict({"filip": terms.section("filip")})
+  tok = tokenizer_lib.get_tokenizer(config)
+
+  def batches(i):
+    scenes = np.random.RandomState(i).randint(0, len(_SCENES), batch // 2)
+    return _scene_batch(tok, np.concatenate([scenes, np.array(_SWAP)[scenes]]),
+                        np.random.RandomState(10_000 + i))
+
+  model = model_lib.MultiTower(config)
+  state, _ = loss_cases.train_run(config, batches, steps, model)
+  held_out = _scene_batch(tok, range(len(_SCENES)), np.random.RandomState(999))
+  out = model.apply({"params": state["params"]}, jax.tree.map(jnp.asarray, held_out))
+  if objective == "filip":                 # the paper's scores: s_row image->text, s_col back
+    s_row, s_col = FILIP.token_scores(out["image:tokens"], out["image:mask"],
+                                      out["text:tokens"], out["text:mask"])
+    i2t, t2i = np.asarray(s_row), np.asarray(s_col).T
+  else:
+    i2t = np.asarray(out["image"]) @ np.asarray(out["text"]).T
+    t2i = i2t.T
+  n = np.arange(len(_SCENES))
+  recall = np.mean([np.argmax(s, 1) == n for s in (i2t, t2i)])
+  binding = np.mean([s[n, n] > s[n, _SWAP] for s in (i2t, t2i)])
+  return float(recall), float(binding)
+
+
+@pytest.mark.slow
+def test_filip_binds_attributes_better_than_clip():
+  """Attribute binding (two coloured shapes, captions naming both, swapped-colour twins in
+  every batch and in the gallery): the same tiny towers, data, seed and 150 steps with CLIP
+  and with FILIP. Measured: R@1 (mean of both directions, 72 scenes, chance 1/72) CLIP 0.58,
+  FILIP 0.92; scored above the swapped twin CLIP 0.93, FILIP 1.0 (seed 1: R@1 0.43 / 0.69,
+  twin 0.93 / 0.97). ~35 s on 2 shared cores. FILIP's max over image patches reads each
+  shape from its own patch, so the text token for "red circle" must find a red circle;
+  CLIP's one pooled vector must learn the pairing."""
+  clip_recall, clip_binding = _binding_run("softmax")
+  filip_recall, filip_binding = _binding_run("filip")
+  assert filip_recall > 20 / 72, (filip_recall, clip_recall)           # 20x chance
+  assert filip_recall > clip_recall + 0.2, (filip_recall, clip_recall)
+  assert filip_binding > 0.95 and filip_binding >= clip_binding, (filip_binding, clip_binding)
