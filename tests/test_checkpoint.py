@@ -141,3 +141,32 @@ def test_params_only_restore_skips_a_damaged_newest_checkpoint(workdir, capsys):
   assert "checkpoints/3 does not restore (" in capsys.readouterr().out
   with pytest.raises(checkpoint.CheckpointError, match="checkpoints/3: does not restore"):
     checkpoint.restore_params(workdir, _abstract()["params"], step=3)
+
+
+def test_tracebacks_of_orbax_tasks_are_dropped_and_others_kept():
+  """A failed save's abandoned write tasks are logged by asyncio ("_GatheringFuture
+  exception was never retrieved") with a traceback through Orbax's code but no Orbax path
+  in the message: dropped, like Orbax's own records. Any other error record is kept."""
+  import logging
+  namespace = {}
+  fake = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "serialization.py")
+  exec(compile("def write():\n  raise ValueError('OUT_OF_RANGE: File too large')\n", fake,
+               "exec"), namespace)
+
+  def record(exc_from, message):
+    try:
+      exc_from()
+    except ValueError:
+      import sys
+      info = sys.exc_info()
+    return logging.LogRecord("asyncio", logging.ERROR, "/usr/lib/asyncio/base_events.py", 1,
+                             message, (), info)
+
+  def mine():
+    raise ValueError("a bug of ours")
+
+  gathering = "future: <_GatheringFuture finished exception=ValueError('OUT_OF_RANGE')>"
+  assert not checkpoint._FILTER.filter(record(namespace["write"], gathering))
+  assert checkpoint._FILTER.filter(record(mine, gathering))
+  assert checkpoint._FILTER.filter(logging.LogRecord("asyncio", logging.WARNING, "x", 1,
+                                                     "no traceback", (), None))

@@ -55,8 +55,8 @@ def _eval_embeddings(config, params, embedder, split="eval"):
 # ----------------------------------------------------------------------------- registry
 
 def test_registry_is_the_modules_and_each_kind_declares_ranged_fields():
-  assert kinds.names() == ("fewshot", "geometry", "knn", "linear_probe", "retrieval",
-                           "zeroshot")
+  assert kinds.names() == ("fewshot", "geometry", "joint", "knn", "linear_probe",
+                           "retrieval", "zeroshot")
   for kind in kinds.names():
     module = kinds.get(kind)
     assert callable(module.run) and set(kinds.splits(kind)) <= {"train", "eval"}

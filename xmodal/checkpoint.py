@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import sys
+import traceback
 
 import grain
 import jax
@@ -220,9 +221,15 @@ class _DropOrbaxTracebacks(logging.Filter):
   tasks; keeps everything else."""
 
   def filter(self, record):
+    if record.levelno < logging.ERROR or not record.exc_info:
+      return True
     orbax = f"{os.sep}orbax{os.sep}"
-    return not (record.levelno >= logging.ERROR and record.exc_info
-                and (orbax in record.pathname or orbax in record.getMessage()))
+    if orbax in record.pathname or orbax in record.getMessage():
+      return False
+    # asyncio's "_GatheringFuture exception was never retrieved" names no Orbax code in its
+    # message; the exception's own traceback does.
+    tb = record.exc_info[2] if len(record.exc_info) > 2 else None
+    return not any(orbax in frame.filename for frame in traceback.extract_tb(tb))
 
 
 _FILTER = _DropOrbaxTracebacks()
