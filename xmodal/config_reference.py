@@ -40,9 +40,8 @@ def render() -> str:
           "`--config.towers.image.width=256`. A kind is a module of `xmodal/towers` or any "
           "module named by its path (`kind=\"mypkg.my_tower\"`), which declares its own "
           "fields.", ""]
-  for kind in default_config.tower_kinds():
-    out += [f"### kind `{kind}`", "", *_TABLE,
-            *fields.reference_rows(default_config.tower_fields(kind), "towers.NAME."), ""]
+  out += _per_kind("kind", default_config.tower_kinds(), default_config.tower_fields,
+                   "towers.NAME.")
   from xmodal.evaluate import kinds   # noqa: PLC0415
   out += ["## Evaluation tasks", "",
           "`config.eval.tasks` maps each task name (the first part of its metric names, "
@@ -56,9 +55,7 @@ def render() -> str:
           *fields.reference_rows(kinds.COMMON, "eval.tasks.NAME."),
           "| `eval.tasks.NAME.data` | `{}` | config.data keys | this task's data "
           "(above) |", ""]
-  for kind in kinds.names():
-    out += [f"### kind `{kind}`", "", *_TABLE,
-            *fields.reference_rows(kinds.get(kind).FIELDS, "eval.tasks.NAME."), ""]
+  out += _per_kind("kind", kinds.names(), lambda k: kinds.get(k).FIELDS, "eval.tasks.NAME.")
   from xmodal.losses import objectives, terms   # noqa: PLC0415 (imports jax)
   out += ["## Loss terms", "",
           "`config.loss.terms` maps each term's name to a section: the fields every term has, "
@@ -68,12 +65,20 @@ def render() -> str:
           "then `--config.loss.terms.distill.weight=0.5` overrides a field.", "",
           "### every term", "", *_TABLE, *fields.reference_rows(terms.COMMON, "loss.terms.NAME."),
           ""]
-  for name in objectives.names():
-    opts = objectives.get(name).FIELDS
-    if opts:
-      out += [f"### objective `{name}`", "", *_TABLE,
-              *fields.reference_rows(opts, "loss.terms.NAME."), ""]
+  with_options = [n for n in objectives.names() if objectives.get(n).FIELDS]
+  out += _per_kind("objective", with_options, lambda n: objectives.get(n).FIELDS,
+                   "loss.terms.NAME.")
   return "\n".join(out)
+
+
+def _per_kind(label: str, names, fields_of, prefix: str) -> list[str]:
+  """One "### <label> `name`" table per registered module (tower kinds, task kinds,
+  objectives), from the fields it declares."""
+  out = []
+  for name in names:
+    out += [f"### {label} `{name}`", "", *_TABLE, *fields.reference_rows(fields_of(name), prefix),
+            ""]
+  return out
 
 
 OBJECTIVES_PATH = os.path.join(os.path.dirname(PATH), "objectives.md")
